@@ -1,0 +1,80 @@
+"""`python -m server`: serve the model bundles with uvicorn.
+
+    python -m server --host 0.0.0.0 --port 8000 --workers 2 --models-dir models
+
+Every option is also an ACCSMOOTH_* environment variable (see `server.settings`); options
+given here win and are passed to the workers through the environment. With more than one
+worker, Prometheus metrics live in PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless
+you set one; stale files from an earlier run are removed), so /metrics is whole whichever
+worker answers the scrape. This module imports nothing that imports prometheus_client before
+that variable is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default=os.environ.get("ACCSMOOTH_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("ACCSMOOTH_PORT", 8000)))
+    parser.add_argument(
+        "--workers", type=int, default=int(os.environ.get("ACCSMOOTH_WORKERS", 1)),
+        help="uvicorn worker processes (each loads every bundle)",
+    )  # fmt: skip
+    parser.add_argument("--models-dir", type=Path, help="overrides ACCSMOOTH_MODELS_DIR")
+    parser.add_argument("--default-model", help="overrides ACCSMOOTH_DEFAULT_MODEL")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def prepare_multiprocess_dir(workers: int) -> str | None:
+    """Set up PROMETHEUS_MULTIPROC_DIR (needed with several workers); returns a folder this
+    run created (to delete at exit), None when there is none or it is the caller's."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    if workers <= 1:
+        return None
+    folder = tempfile.mkdtemp(prefix="accsmooth-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.models_dir is not None:
+        os.environ["ACCSMOOTH_MODELS_DIR"] = str(args.models_dir)
+    if args.default_model:
+        os.environ["ACCSMOOTH_DEFAULT_MODEL"] = args.default_model
+    if args.log_level:
+        os.environ["ACCSMOOTH_LOG_LEVEL"] = args.log_level
+    created = prepare_multiprocess_dir(args.workers)
+    import uvicorn  # after the environment is final: workers inherit it
+
+    try:
+        uvicorn.run(
+            "server.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=os.environ.get("ACCSMOOTH_LOG_LEVEL", "info"),
+            access_log=False,  # per-request log lines cost more than a fast request
+        )
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; nothing happens at import.
+
+    uvicorn --factory server.app:app_from_env --port 8000     # settings from ACCSMOOTH_*
+    python -m server --port 8000 --workers 2                   # the same, with multiprocess metrics
+
+Startup (lifespan): the audit pool is created and bundles load in the background, so /livez
+answers at once and /readyz turns 200 when every bundle is warmed up. Every domain error is
+answered by one handler, through the status table in `server.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from server import metrics
+from server.audit import AuditPool
+from server.errors import AccsmoothError, error_body, status_of
+from server.middleware import BodyLimit, HttpMetrics
+from server.registry import ModelRegistry
+from server.routes import certify, health, models
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    registry: ModelRegistry = app.state.registry
+    settings: Settings = app.state.settings
+    app.state.audits = AuditPool(settings.sampled_concurrency, settings.sampled_queue)
+    loading = asyncio.create_task(registry.load(), name="load-bundles")
+    app.state.loading = loading
+    try:
+        yield
+    finally:
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await registry.close()
+        app.state.audits.shutdown()
+        metrics.mark_worker_dead(os.getpid())
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body"))
+        parts.append(f"{loc or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors via the table; FastAPI's own 422/404/405 in the same JSON shape."""
+
+    @app.exception_handler(AccsmoothError)
+    async def domain_error(request: Request, exc: AccsmoothError) -> JSONResponse:
+        status = status_of(exc)
+        if status >= 500:
+            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, status,
+                        exc.code, exc.detail)  # fmt: skip
+        body = error_body(exc.code, exc.detail)
+        return JSONResponse(body, status_code=status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body("invalid_parameter", _validation_detail(exc)), status_code=422
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A new app serving `settings.models_dir`; bundles load when the app starts."""
+    app = FastAPI(
+        title="accsmooth",
+        summary="Certified-robustness inference: randomized-smoothing certificates in one pass.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = ModelRegistry(settings)
+    install_error_handlers(app)
+    for router in (certify.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics)  # added last = outermost: counts the 413s too
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Log lines of the `server` package next to uvicorn's."""
+    logger = logging.getLogger("server")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory: settings from the ACCSMOOTH_* environment (used by every worker)."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

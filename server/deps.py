@@ -1,0 +1,144 @@
+"""Typed FastAPI dependencies: settings, registry, audit pool, the chosen model, the image bytes.
+
+Routes declare what they need as `Annotated` aliases (`RegistryDep`, `ModelDep`, ...) and stay
+a few lines long. Everything here raises domain errors from `server.errors`, never HTTP ones.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from starlette.datastructures import UploadFile
+
+from server.audit import AuditPool
+from server.errors import (
+    InvalidParameter,
+    MissingImage,
+    TooManyImages,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from server.registry import LoadedModel, ModelRegistry
+from server.settings import Settings
+
+MULTIPART = "multipart/form-data"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def get_audits(request: Request) -> AuditPool:
+    return request.app.state.audits
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+AuditsDep = Annotated[AuditPool, Depends(get_audits)]
+
+
+def get_model(
+    registry: RegistryDep,
+    model: Annotated[str | None, Query(description="bundle name (default: default bundle)")] = None,
+) -> LoadedModel:
+    return registry.get(model)
+
+
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+
+
+def _check_key(request: Request, settings: Settings, what: str) -> None:
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise Unauthorized(f"{what} needs the API key: send 'Authorization: Bearer <key>'")
+
+
+def require_key_for_sampled(request: Request, settings: SettingsDep) -> None:
+    """/certify/sampled is the expensive path: it needs the key whenever one is set."""
+    _check_key(request, settings, "/certify/sampled")
+
+
+def require_key_for_certify(request: Request, settings: SettingsDep) -> None:
+    """/certify needs the key only with ACCSMOOTH_PROTECT_CERTIFY=true."""
+    if settings.protect_certify:
+        _check_key(request, settings, "/certify")
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _uploads(request: Request, settings: Settings) -> list[UploadFile]:
+    """The files of the multipart field `image`, in order."""
+    form = await request.form(max_files=100_000, max_fields=1000)
+    fields = form.getlist("image")
+    if not fields:
+        raise MissingImage("multipart field 'image' is missing: send the image as a file field")
+    if not all(isinstance(f, UploadFile) for f in fields):
+        raise MissingImage("multipart field 'image' must be a file upload, not a text value")
+    return fields
+
+
+def _unsupported(media: str) -> UnsupportedMediaType:
+    got = f"content type {media!r}" if media else "no content type"
+    return UnsupportedMediaType(
+        f"{got}: send multipart/form-data with a file field 'image', or the raw image bytes"
+        " with an image/* content type (image/png, image/jpeg, image/webp, image/bmp)"
+    )
+
+
+async def image_bytes(request: Request, settings: SettingsDep) -> bytes:
+    """One image: the multipart file `image`, or the whole body sent as `image/*`."""
+    media = _media_type(request)
+    if media.startswith("image/"):
+        return await request.body()
+    if media == MULTIPART:
+        uploads = await _uploads(request, settings)
+        if len(uploads) > 1:
+            raise TooManyImages(f"{len(uploads)} images sent; /certify takes one (see /batch)")
+        return await uploads[0].read()
+    if not media and not await request.body():
+        raise MissingImage("no image: the request has no body")
+    raise _unsupported(media)
+
+
+async def image_list(request: Request, settings: SettingsDep) -> list[bytes]:
+    """Up to ACCSMOOTH_MAX_BATCH images as repeated multipart `image` fields."""
+    media = _media_type(request)
+    if media != MULTIPART:
+        raise _unsupported(media)
+    uploads = await _uploads(request, settings)
+    if len(uploads) > settings.max_batch:
+        raise TooManyImages(
+            f"{len(uploads)} images sent, at most {settings.max_batch} per request"
+            " (ACCSMOOTH_MAX_BATCH)"
+        )
+    return [await u.read() for u in uploads]
+
+
+ImageDep = Annotated[bytes, Depends(image_bytes)]
+ImagesDep = Annotated[list[bytes], Depends(image_list)]
+
+
+def check_samples(settings: Settings, n0: int, n: int, batch_size: int) -> None:
+    """Range checks that depend on settings (the static ones live in the Query declarations)."""
+    for name, value in (("n0", n0), ("n", n)):
+        if value > settings.max_samples:
+            raise InvalidParameter(
+                f"{name}={value} is over the limit of {settings.max_samples}"
+                " samples (ACCSMOOTH_MAX_SAMPLES)"
+            )
+    if batch_size > settings.max_sampled_batch_size:
+        raise InvalidParameter(
+            f"batch_size={batch_size} is over the limit of {settings.max_sampled_batch_size}"
+            " (ACCSMOOTH_MAX_SAMPLED_BATCH_SIZE)"
+        )

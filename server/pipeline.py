@@ -1,0 +1,185 @@
+"""The request pipeline, named: bytes -> decoded image -> surrogate or Monte-Carlo -> answer.
+
+    certify_surrogate:  decode (Pillow) -> micro-batcher (surrogate, one ORT call per batch)
+                        -> certify_from_probabilities with the bundle's (n, alpha, sigma, shift)
+    certify_sampled:    decode -> audit pool (CERTIFY on the base model, streamed noise)
+                        + the surrogate answer for the same image -> agreement
+
+Routes only parse the HTTP request and call these; metrics are recorded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass
+
+from server import metrics
+from server.audit import AuditPool, monte_carlo
+from server.imaging import DecodedImage, decode_image
+from server.registry import LoadedModel
+from server.schemas import Agreement, SampledCertificate, SurrogateCertificate
+from server.smoothing import Certificate
+
+INLINE_DECODE_BYTES = 64 << 10  # larger uploads are decoded on a thread, off the event loop
+
+
+@dataclass(frozen=True)
+class SampledParams:
+    """Query parameters of one audit, already range-checked."""
+
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int | None
+
+
+async def decode(model: LoadedModel, data: bytes, *, resize: bool, max_pixels: int):
+    spec = model.manifest.input
+    args = (data, spec.height, spec.width)
+    if len(data) <= INLINE_DECODE_BYTES:
+        return decode_image(*args, resize=resize, max_pixels=max_pixels)
+    return await asyncio.to_thread(decode_image, *args, resize=resize, max_pixels=max_pixels)
+
+
+def _radius_space(model: LoadedModel, image: DecodedImage) -> str:
+    c, h, w = model.manifest.input.shape
+    space = f"L2 in [0,1] pixels of the {c}x{h}x{w} model input"
+    if image.resized:
+        ow, oh = image.original_size
+        space += f", after resizing your {ow}x{oh} image: not the uploaded pixels"
+    return space
+
+
+def _record(endpoint: str, model: str, method: str, cert: Certificate, seconds: float) -> None:
+    metrics.REQUEST_SECONDS.labels(endpoint, model).observe(seconds)
+    metrics.CERTIFICATES.labels(endpoint, model, method).inc()
+    if cert.abstained:
+        metrics.ABSTENTIONS.labels(endpoint, model, method).inc()
+    else:
+        metrics.RADIUS.labels(endpoint, model, method).observe(cert.radius)
+
+
+async def certify_surrogate(
+    model: LoadedModel,
+    data: bytes,
+    *,
+    calibrated: bool,
+    resize: bool,
+    max_pixels: int,
+    endpoint: str = "/certify",
+    started: float | None = None,
+) -> SurrogateCertificate:
+    """One image's surrogate certificate (the fast path)."""
+    started = started or time.perf_counter()
+    image = await decode(model, data, resize=resize, max_pixels=max_pixels)
+    return await certify_decoded(
+        model, image, calibrated=calibrated, endpoint=endpoint, started=started
+    )
+
+
+async def certify_decoded(
+    model: LoadedModel,
+    image: DecodedImage,
+    *,
+    calibrated: bool,
+    endpoint: str,
+    started: float,
+    record: bool = True,
+) -> SurrogateCertificate:
+    """The surrogate certificate of a decoded image; `record` counts it as a served answer."""
+    m = model.manifest
+    shift = m.shift if calibrated else 0.0
+    p_a, cert = await model.batcher.submit(image.array, shift, endpoint)
+    seconds = time.perf_counter() - started
+    if record:
+        _record(endpoint, model.name, "surrogate", cert, seconds)
+    return SurrogateCertificate(
+        model=model.name,
+        model_version=m.version,
+        predicted_class=cert.predicted_class,
+        label=None if cert.abstained else m.classes[cert.predicted_class],
+        abstained=cert.abstained,
+        certified_radius=cert.radius,
+        p_a=p_a,
+        p_a_lower=max(0.0, cert.p_a_lower),
+        sigma=m.sigma,
+        calibrated=calibrated and m.calibration is not None,
+        resized=image.resized,
+        radius_space=_radius_space(model, image),
+        latency_ms=seconds * 1000.0,
+    )
+
+
+def agreement(served: SurrogateCertificate, mc: Certificate) -> Agreement:
+    """Does the served certificate claim more than Monte-Carlo (larger radius, other class)?"""
+    same = served.predicted_class == mc.predicted_class
+    over = not served.abstained and (not same or served.certified_radius > mc.radius)
+    return Agreement(
+        same_class=same, radius_gap=served.certified_radius - mc.radius, overestimated=over
+    )
+
+
+async def certify_sampled(
+    model: LoadedModel,
+    pool: AuditPool,
+    data: bytes,
+    params: SampledParams,
+    *,
+    calibrated: bool,
+    resize: bool,
+    max_pixels: int,
+    source: str = "request",
+) -> SampledCertificate:
+    """Monte-Carlo CERTIFY on the audit pool, and its agreement with the surrogate."""
+    endpoint = "/certify/sampled"
+    started = time.perf_counter()
+    m = model.manifest
+    image = await decode(model, data, resize=resize, max_pixels=max_pixels)
+    seed = params.seed if params.seed is not None else secrets.randbits(63)
+    run = lambda: monte_carlo(  # noqa: E731
+        model, image.array, n0=params.n0, n=params.n, alpha=params.alpha,
+        batch_size=params.batch_size, seed=seed,
+    )  # fmt: skip
+    pending = pool.submit(run)  # AuditQueueFull (429) before any work is done
+    try:
+        served = await certify_decoded(
+            model, image, calibrated=calibrated, endpoint=f"{endpoint}:surrogate",
+            started=time.perf_counter(), record=False,
+        )  # fmt: skip
+    except BaseException:
+        pending.cancel()  # frees the slot if the audit has not started
+        raise
+    result, queued, compute = await pending
+    cert = result.certificate
+    seconds = time.perf_counter() - started
+    metrics.QUEUE_SECONDS.labels(endpoint, model.name).observe(queued)
+    metrics.COMPUTE_SECONDS.labels(endpoint, model.name).observe(compute)
+    _record(endpoint, model.name, "monte_carlo", cert, seconds)
+    agree = agreement(served, cert)
+    metrics.AUDITS.labels(model.name, source).inc()
+    metrics.AUDIT_SAME_CLASS.labels(model.name, source).inc(agree.same_class)
+    metrics.AUDIT_OVERESTIMATED.labels(model.name, source).inc(agree.overestimated)
+    return SampledCertificate(
+        model=model.name,
+        model_version=m.version,
+        predicted_class=cert.predicted_class,
+        label=None if cert.abstained else m.classes[cert.predicted_class],
+        abstained=cert.abstained,
+        certified_radius=cert.radius,
+        p_a_lower=cert.p_a_lower,
+        sigma=m.sigma,
+        counts=[int(c) for c in result.counts],
+        counts0=[int(c) for c in result.counts0],
+        n0=params.n0,
+        n=params.n,
+        alpha=params.alpha,
+        batch_size=params.batch_size,
+        seed=seed,
+        latency_ms=seconds * 1000.0,
+        samples_per_second=(params.n0 + params.n) / max(compute, 1e-9),
+        surrogate=served,
+        agreement=agree,
+    )

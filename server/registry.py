@@ -1,0 +1,215 @@
+"""The model registry: loads every bundle of the models folder, warms it up, owns its sessions.
+
+Each bundle gets two onnxruntime sessions: the surrogate (fast path, behind a micro-batcher,
+all the threads it wants) and the base classifier (audits, `ACCSMOOTH_SAMPLED_THREADS`
+threads, so Monte-Carlo work cannot starve /certify). Loading runs in a thread after the app
+has started, so `/livez` answers and `/readyz` says 503 "loading" meanwhile. A bundle that
+fails any check is kept as `failed` with the message (logged, shown by /readyz and /models):
+the server stays up and serves the good bundles but is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from server import metrics
+from server.batcher import MicroBatcher
+from server.bundle import Manifest, check_graph, read_manifest, verify_files
+from server.errors import BundleError, ModelNotFound, ModelNotReady
+from server.runtime import OnnxPredictor, make_session
+from server.settings import Settings
+from server.smoothing import Certificate, certify_from_probabilities
+
+log = logging.getLogger(__name__)
+
+Status = Literal["loading", "ready", "failed"]
+
+
+@dataclass
+class LoadedModel:
+    """One bundle: its manifest and, once ready, its sessions and micro-batcher."""
+
+    name: str
+    folder: Path
+    status: Status = "loading"
+    error: str | None = None
+    manifest: Manifest | None = None
+    surrogate: OnnxPredictor | None = None
+    base: OnnxPredictor | None = None
+    batcher: MicroBatcher | None = field(default=None, repr=False)
+
+    def certify_batch(self, images: np.ndarray, shifts: list[float]) -> list[tuple]:
+        """Surrogate certificates for a batch: (p_a, Certificate) per image, per its shift."""
+        m = self.manifest
+        probs = self.surrogate(images)
+        p_a = probs.max(axis=1)
+        out: list[tuple[float, Certificate]] = [None] * len(images)  # type: ignore[list-item]
+        for shift in set(shifts):
+            rows = [i for i, s in enumerate(shifts) if s == shift]
+            certs = certify_from_probabilities(
+                probs[rows], m.protocol.n, m.protocol.alpha, m.sigma, shift
+            )
+            for i, cert in zip(rows, certs, strict=True):
+                out[i] = (float(p_a[i]), cert)
+        return out
+
+
+def _load(folder: Path, settings: Settings) -> LoadedModel:
+    """Read, verify, open and warm up one bundle (blocking; runs in a worker thread)."""
+    manifest = read_manifest(folder)
+    if manifest.name != folder.name:
+        raise BundleError(
+            f"{folder / 'manifest.json'}: name {manifest.name!r} differs from its folder"
+            f" {folder.name!r}; a bundle lives in models/<name>/"
+        )
+    verify_files(folder, manifest)
+    model = LoadedModel(manifest.name, folder, manifest=manifest)
+    graphs = {"surrogate": settings.fast_runtime(), "base": settings.sampled_runtime()}
+    for kind, options in graphs.items():
+        spec = getattr(manifest.graphs, kind)
+        try:
+            session = make_session(folder / spec.file, options)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BundleError(f"{folder / spec.file}: onnxruntime cannot load it: {exc}") from exc
+        check_graph(session, manifest, kind)
+        setattr(model, kind, OnnxPredictor(session))
+    _warm_up(model, settings.max_batch)
+    return model
+
+
+def _warm_up(model: LoadedModel, max_batch: int) -> None:
+    """Run both graphs once (allocations, kernel choice) and check what they output."""
+    m = model.manifest
+    for kind, sizes in (("surrogate", {1, max_batch}), ("base", {1})):
+        file = getattr(m.graphs, kind).file
+        for size in sorted(sizes):
+            x = np.full((size, *m.input.shape), 0.5, dtype=np.float32)
+            try:
+                y = np.asarray(getattr(model, kind)(x))
+            except Exception as exc:
+                where = model.folder / file
+                raise BundleError(f"{where}: fails on a batch of {size}: {exc}") from exc
+            if y.shape != (size, m.num_classes) or not np.isfinite(y).all():
+                raise BundleError(
+                    f"{model.folder / file}: batch of {size} gave shape {list(y.shape)} "
+                    f"(finite: {bool(np.isfinite(y).all())}), expected [{size}, {m.num_classes}]"
+                )
+            if kind == "surrogate" and not np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
+                raise BundleError(
+                    f"{model.folder / file}: outputs do not sum to 1 (got {y.sum(axis=1)[0]:.4f});"
+                    " the surrogate must output probabilities, not logits"
+                )
+
+
+class ModelRegistry:
+    """Every bundle of `settings.models_dir`, by name, with its loading status."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models: dict[str, LoadedModel] = {}
+        self.problems: list[str] = []  # folder-level problems (no bundles, bad default, ...)
+        self.loaded = False
+        self.default_name: str | None = settings.default_model
+
+    async def load(self) -> None:
+        """Load every bundle (in a thread), then start the micro-batchers on this event loop."""
+        folders = _bundle_folders(self.settings.models_dir)
+        if not folders:
+            self.problems.append(f"{self.settings.models_dir}: no model bundles found")
+        for folder in folders:
+            self.models.setdefault(folder.name, LoadedModel(folder.name, folder))
+        for folder in folders:
+            await self._load_one(folder)
+        if self.default_name is None and self.models:
+            self.default_name = sorted(self.models)[0]
+        elif self.default_name is not None and self.default_name not in self.models:
+            self.problems.append(
+                f"ACCSMOOTH_DEFAULT_MODEL={self.default_name!r} names no bundle in"
+                f" {self.settings.models_dir} (have: {', '.join(sorted(self.models)) or 'none'})"
+            )
+        for problem in self.problems:
+            log.error("not ready: %s", problem)
+        self.loaded = True
+
+    async def _load_one(self, folder: Path) -> None:
+        placeholder = self.models.pop(folder.name)
+        try:
+            model = await asyncio.to_thread(_load, folder, self.settings)
+        except BundleError as exc:
+            placeholder.status, placeholder.error = "failed", exc.detail
+            self.models[placeholder.name] = placeholder
+            metrics.MODEL_READY.labels(placeholder.name).set(0)
+            log.error("bundle %s failed to load: %s", folder, exc.detail)
+            return
+        s = self.settings
+        model.batcher = MicroBatcher(
+            model.certify_batch,
+            max_batch=s.max_batch,
+            max_delay=s.max_queue_delay_ms / 1000.0,
+            max_queue=s.max_queue,
+            name=model.name,
+        )
+        await model.batcher.start()
+        model.status = "ready"
+        self.models[model.name] = model
+        for kind in ("surrogate", "base"):
+            provider = getattr(model, kind).provider
+            version = model.manifest.version
+            metrics.MODEL_INFO.labels(model.name, version, kind, provider).set(1)
+        metrics.MODEL_READY.labels(model.name).set(1)
+        log.info(
+            "bundle %s %s ready: surrogate on %s, base on %s",
+            model.name, model.manifest.version, model.surrogate.provider, model.base.provider,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            if model.batcher:
+                await model.batcher.stop()
+
+    def get(self, name: str | None) -> LoadedModel:
+        """The named (or default) bundle, ready to serve; ModelNotFound / ModelNotReady if not."""
+        name = name or self.default_name
+        if name is None:
+            raise ModelNotReady("no model is loaded yet" if not self.loaded else self.reason())
+        model = self.models.get(name)
+        if model is None:
+            if not self.loaded:
+                raise ModelNotReady(f"model {name!r} is not loaded yet")
+            raise ModelNotFound(
+                f"no model named {name!r}; available: {', '.join(sorted(self.models)) or 'none'}"
+            )
+        if model.status != "ready":
+            raise ModelNotReady(f"model {name!r} is {model.status}: {model.error or 'loading'}")
+        return model
+
+    def ready(self) -> bool:
+        return (
+            self.loaded
+            and not self.problems
+            and all(m.status == "ready" for m in self.models.values())
+        )
+
+    def reason(self) -> str:
+        """Why the service is not ready, naming files and problems ('' when ready)."""
+        if not self.loaded:
+            return "model bundles are still loading"
+        failures = [f"{m.name}: {m.error}" for m in self.models.values() if m.status == "failed"]
+        return "; ".join(self.problems + failures)
+
+    def statuses(self) -> dict[str, str]:
+        return {name: m.status for name, m in sorted(self.models.items())}
+
+
+def _bundle_folders(models_dir: Path) -> list[Path]:
+    """Every visible sub-folder of the models folder is a bundle (no manifest is an error)."""
+    if not models_dir.is_dir():
+        return []
+    hidden = (".", "_")
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(hidden))

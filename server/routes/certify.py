@@ -1,0 +1,118 @@
+"""POST /certify, /certify/batch and /certify/sampled: thin wrappers over `server.pipeline`.
+
+The image comes as the multipart file field `image` or as the raw body with an `image/*`
+content type (see `server.deps.image_bytes`). Parameters are query parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from server import pipeline
+from server.deps import (
+    AuditsDep,
+    ImageDep,
+    ImagesDep,
+    ModelDep,
+    SettingsDep,
+    check_samples,
+    require_key_for_certify,
+    require_key_for_sampled,
+)
+from server.openapi import BATCH_BODY, ERRORS, IMAGE_BODY
+from server.schemas import SampledCertificate, SurrogateCertificate
+
+router = APIRouter(tags=["certify"], responses=ERRORS)
+
+Calibrated = Annotated[
+    bool, Query(description="subtract the bundle's calibration shift (false: the paper's raw rule)")
+]
+Resize = Annotated[
+    bool, Query(description="resize other sizes to the model's; the radius is then in that space")
+]
+
+
+@router.post(
+    "/certify",
+    dependencies=[Depends(require_key_for_certify)],
+    openapi_extra=IMAGE_BODY,
+)
+async def certify(
+    model: ModelDep, data: ImageDep, settings: SettingsDep,
+    calibrated: Calibrated = True, resize: Resize = False,
+) -> SurrogateCertificate:  # fmt: skip
+    """Certify one image with the surrogate: class and certified L2 radius in one forward pass."""
+    return await pipeline.certify_surrogate(
+        model, data, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels
+    )
+
+
+@router.post(
+    "/certify/batch",
+    dependencies=[Depends(require_key_for_certify)],
+    openapi_extra=BATCH_BODY,
+)
+async def certify_batch(
+    model: ModelDep, images: ImagesDep, settings: SettingsDep,
+    calibrated: Calibrated = True, resize: Resize = False,
+) -> list[SurrogateCertificate]:  # fmt: skip
+    """Certify up to ACCSMOOTH_MAX_BATCH images (repeated multipart `image` fields), in order."""
+    started = time.perf_counter()
+    return list(
+        await asyncio.gather(
+            *(
+                pipeline.certify_surrogate(
+                    model,
+                    data,
+                    calibrated=calibrated,
+                    resize=resize,
+                    max_pixels=settings.max_image_pixels,
+                    endpoint="/certify/batch",
+                    started=started,
+                )  # fmt: skip
+                for data in images
+            )
+        )
+    )
+
+
+@router.post(
+    "/certify/sampled",
+    dependencies=[Depends(require_key_for_sampled)],
+    openapi_extra=IMAGE_BODY,
+)
+async def certify_sampled(
+    model: ModelDep,
+    audits: AuditsDep,
+    data: ImageDep,
+    settings: SettingsDep,
+    n0: Annotated[
+        int | None, Query(ge=1, description="selection samples (default: manifest)")
+    ] = None,
+    n: Annotated[
+        int | None, Query(ge=1, description="estimation samples (default: manifest)")
+    ] = None,
+    alpha: Annotated[float | None, Query(gt=0.0, lt=1.0, description="failure probability")] = None,
+    batch_size: Annotated[int | None, Query(ge=1, description="noisy copies per pass")] = None,
+    seed: Annotated[int | None, Query(ge=0, lt=2**63, description="noise seed")] = None,
+    calibrated: Calibrated = True,
+    resize: Resize = False,
+) -> SampledCertificate:
+    """Audit: Cohen et al.'s Monte-Carlo CERTIFY on the base model, compared with /certify."""
+    protocol = model.manifest.protocol
+    params = pipeline.SampledParams(
+        n0=n0 or protocol.n0,
+        n=n or protocol.n,
+        alpha=alpha or protocol.alpha,
+        batch_size=batch_size or settings.sampled_batch_size,
+        seed=seed,
+    )
+    check_samples(settings, params.n0, params.n, params.batch_size)
+    return await pipeline.certify_sampled(
+        model, audits, data, params,
+        calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels,
+    )  # fmt: skip

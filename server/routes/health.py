@@ -1,0 +1,57 @@
+"""Liveness, readiness (ours and the Open Inference Protocol's) and the Prometheus scrape.
+
+Live: the process answers. Ready: every bundle is loaded and warmed up; otherwise 503 with
+the reason (which bundle, which file, what is wrong) in the usual error body.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from server import metrics
+from server.deps import RegistryDep
+from server.errors import error_body
+from server.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+def _not_ready(registry) -> JSONResponse:
+    body = error_body("not_ready", registry.reason()) | {"models": registry.statuses()}
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/livez")
+def livez() -> Health:
+    """The process is up (it may still be loading models)."""
+    return Health(status="alive")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
+def readyz(registry: RegistryDep):
+    """200 once every bundle is loaded and warmed up; 503 with the reason otherwise."""
+    if not registry.ready():
+        return _not_ready(registry)
+    return Health(status="ready", models=registry.statuses())
+
+
+@router.get("/v2/health/live")
+def oip_live() -> dict:
+    """Open Inference Protocol liveness."""
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", responses={503: {"description": "not ready"}})
+def oip_ready(registry: RegistryDep):
+    """Open Inference Protocol readiness."""
+    if not registry.ready():
+        return _not_ready(registry)
+    return {"ready": True}
+
+
+@router.get("/metrics", response_class=Response)
+def prometheus() -> Response:
+    """Prometheus exposition (merged over worker processes)."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,63 @@
+"""GET /models and /models/{name}: what each bundle is and how it is served."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.deps import RegistryDep
+from server.errors import ModelNotFound
+from server.openapi import ERRORS
+from server.registry import LoadedModel
+from server.schemas import ModelDetail, ModelList, ModelSummary
+
+router = APIRouter(tags=["models"], responses=ERRORS)
+
+
+def _summary(model: LoadedModel, cls=ModelSummary, **extra):
+    m = model.manifest
+    if m is None:  # failed before its manifest could be read
+        return cls(name=model.name, version="?", status=model.status, error=model.error)
+    providers = {k: getattr(model, k).provider for k in ("surrogate", "base") if getattr(model, k)}
+    return cls(
+        name=model.name,
+        version=m.version,
+        status=model.status,
+        error=model.error,
+        description=m.description,
+        sigma=m.sigma,
+        classes=list(m.classes),
+        input_shape=list(m.input.shape),
+        calibrated=m.calibration is not None,
+        providers=providers,
+        **extra,
+    )
+
+
+@router.get("/models")
+def list_models(registry: RegistryDep) -> ModelList:
+    """Every bundle found, with its status and serving facts."""
+    return ModelList(
+        default=registry.default_name,
+        models=[_summary(m) for _, m in sorted(registry.models.items())],
+    )
+
+
+@router.get("/models/{name}")
+def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+    """One bundle: manifest facts (protocol, calibration, evaluation) and the provider in use."""
+    model = registry.models.get(name)
+    if model is None:
+        raise ModelNotFound(f"no model named {name!r}; available: {', '.join(registry.models)}")
+    m = model.manifest
+    if m is None:
+        return _summary(model, ModelDetail)
+    return _summary(
+        model,
+        ModelDetail,
+        created=m.created,
+        noise=m.noise,
+        protocol=m.protocol.model_dump(),
+        calibration=m.calibration.model_dump() if m.calibration else None,
+        evaluation=m.evaluation,
+        exporter=m.exporter,
+    )

@@ -1,0 +1,102 @@
+"""Service configuration: every field is an `ACCSMOOTH_<NAME>` environment variable.
+
+Settings are built once, by whoever starts the service (`python -m server`, the uvicorn
+factory `server.app:app_from_env`, or a test), and passed to `create_app(settings)`; nothing
+reads the environment at import time. Validators fail fast on nonsense values, so a typo in a
+deployment stops the process at start instead of surfacing as odd behaviour under load.
+
+    ACCSMOOTH_MODELS_DIR=models ACCSMOOTH_MAX_BATCH=32 python -m server --port 8000
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from server.runtime import PREFERENCE, RuntimeOptions
+
+
+class Settings(BaseSettings):
+    """All knobs of the service, with units in the field descriptions."""
+
+    model_config = SettingsConfigDict(env_prefix="ACCSMOOTH_", frozen=True, extra="ignore")
+
+    # Bundles
+    models_dir: Path = Field(Path("models"), description="folder of model bundles")
+    default_model: str | None = Field(
+        None, description="bundle served when a request names none (default: first by name)"
+    )
+
+    # Fast path (/certify): micro-batching
+    max_batch: int = Field(32, ge=1, le=1024, description="images per onnxruntime call")
+    max_queue_delay_ms: float = Field(
+        1.0, ge=0.0, le=100.0, description="extra wait for stragglers once batches form (ms)"
+    )
+    max_queue: int = Field(512, ge=1, description="images waiting for the surrogate; 503 beyond")
+
+    # Audit path (/certify/sampled)
+    max_samples: int = Field(100_000, ge=1, description="cap on n (and n0) per audit")
+    sampled_concurrency: int = Field(1, ge=1, le=64, description="audits computed at once")
+    sampled_queue: int = Field(4, ge=0, description="audits waiting for a worker; 429 beyond")
+    sampled_threads: int = Field(1, ge=0, description="onnxruntime threads per audit session")
+    sampled_batch_size: int = Field(256, ge=1, description="default noisy copies per forward pass")
+    max_sampled_batch_size: int = Field(4096, ge=1, description="cap on the batch_size query")
+
+    # Input limits
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="request body limit (bytes); 413")
+    max_image_pixels: int = Field(
+        16_777_216, ge=1, description="decoded width*height limit (decompression bombs)"
+    )
+
+    # Security
+    api_key: SecretStr | None = Field(None, description="bearer token for /certify/sampled")
+    protect_certify: bool = Field(False, description="also require the API key on /certify")
+
+    # onnxruntime
+    providers: Annotated[tuple[str, ...], NoDecode] = Field(
+        PREFERENCE, description="wanted providers, in order"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="fast-path threads per operator (0: auto)")
+    inter_op_threads: int = Field(1, ge=1, description="operators run in parallel")
+    trt_engine_cache_dir: Path | None = Field(None, description="TensorRT engine cache folder")
+    trt_fp16: bool = Field(False, description="let TensorRT run in half precision")
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key")
+    @classmethod
+    def _empty_key_means_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value):
+        """Accept `TensorrtExecutionProvider,CPUExecutionProvider` as well as a JSON list."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+            return tuple(p.strip() for p in value if p.strip())
+        return value
+
+    def fast_runtime(self) -> RuntimeOptions:
+        """Sessions of the surrogate (/certify): all the threads they want."""
+        return RuntimeOptions(
+            providers=self.providers,
+            intra_op_threads=self.intra_op_threads,
+            inter_op_threads=self.inter_op_threads,
+            trt_engine_cache_dir=str(self.trt_engine_cache_dir or "") or None,
+            trt_fp16=self.trt_fp16,
+        )
+
+    def sampled_runtime(self) -> RuntimeOptions:
+        """Sessions of the base model (audits): few threads, so audits cannot starve /certify."""
+        return RuntimeOptions(
+            providers=self.providers,
+            intra_op_threads=self.sampled_threads,
+            inter_op_threads=1,
+            trt_engine_cache_dir=str(self.trt_engine_cache_dir or "") or None,
+            trt_fp16=self.trt_fp16,
+        )
