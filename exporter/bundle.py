@@ -1,0 +1,132 @@
+"""Stage 6, export: the model bundle the server serves (format: models/README.md).
+
+Copies the parity-checked `base.onnx` and `surrogate.onnx` from the work folder into the bundle
+folder and writes `manifest.json`: classes, input spec, sigma, protocol, calibration, graph
+names and opsets, exporter config, code revision, and the sha256 of every other file. The
+evaluate stage later adds its report files and summary through `write_manifest`, which rehashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+
+import onnx
+
+from exporter import data as data_stage
+from exporter.config import Config
+from exporter.onnx_export import OUTPUT_NAMES, ensure_onnx
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class BundleExistsError(FileExistsError):
+    """The output folder already holds a different bundle."""
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def code_revision() -> str:
+    """Short git revision of this code, with "+dirty" when exporter/ or server/ has changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "exporter", "server"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout
+        return rev + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
+    """Write manifest.json with fresh sha256s of every other file in the folder."""
+    manifest["sha256"] = {
+        p.name: sha256(p)
+        for p in sorted(bundle_dir.iterdir())
+        if p.is_file() and p.name != "manifest.json"
+    }
+    path = bundle_dir / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def read_manifest(bundle_dir: Path) -> dict:
+    return json.loads((bundle_dir / "manifest.json").read_text())
+
+
+def check_output_folder(out: Path, name: str) -> None:
+    """Refuse to overwrite a folder that holds another bundle (or unrelated files)."""
+    if not out.exists():
+        return
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        existing = json.loads(manifest.read_text()).get("name")
+        if existing != name:
+            raise BundleExistsError(
+                f"{out}: holds bundle {existing!r}, not {name!r}; choose another --out or remove it"
+            )
+    elif any(out.iterdir()):
+        raise BundleExistsError(f"{out}: not empty and not a bundle; choose another --out")
+
+
+def run(cfg: Config, work: Path, out: Path) -> Path:
+    b = cfg.bundle
+    check_output_folder(out, b.name)
+    ds = data_stage.load(work)
+    calibration = json.loads((work / "calibration.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    for kind in ("surrogate", "base"):
+        src = ensure_onnx(work, kind, cfg.export, ds.calib.images)
+        shutil.copyfile(src, out / f"{kind}.onnx")
+        opset = next(o.version for o in onnx.load(src).opset_import if o.domain in ("", "ai.onnx"))
+        graphs[kind] = {
+            "file": f"{kind}.onnx",
+            "input": "images",
+            "output": OUTPUT_NAMES[kind],
+            "opset": opset,
+        }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": b.name,
+        "version": b.version,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "description": b.description,
+        "classes": ds.classes,
+        "input": {
+            "shape": list(ds.train.images.shape[1:]),
+            "dtype": "float32",
+            "layout": "NCHW",
+            "range": [0.0, 1.0],
+        },
+        "sigma": b.sigma,
+        "noise": "gaussian",
+        "protocol": {"n0": b.n0, "n": b.n, "alpha": b.alpha},
+        "calibration": {
+            k: calibration[k]
+            for k in ("method", "epsilon", "shift", "set_size", "empirical_violation_rate")
+        },
+        "graphs": graphs,
+        "exporter": {"config": cfg.to_dict(), "code_revision": code_revision()},
+        "evaluation": None,
+    }
+    path = write_manifest(out, manifest)
+    log.info("export: bundle %s written to %s", b.name, out)
+    return path

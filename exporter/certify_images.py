@@ -1,0 +1,110 @@
+"""Monte-Carlo CERTIFY over a set of images, resumable: the ground truth for calibrate/evaluate.
+
+Runs `server.sampling.certify` (the code behind /certify/sampled) on each image with the
+bundle's protocol (n0, n, alpha) and a per-image seed (seed, image index), writing results in
+chunks of `CHUNK` images to `<out_dir>/chunk_XXXXX.npz`; a rerun skips finished chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from exporter.config import BundleConfig
+from server.runtime import OnnxPredictor, make_session
+from server.sampling import certify
+from server.smoothing import certify_from_counts
+
+log = logging.getLogger(__name__)
+CHUNK = 10  # images per resumable chunk
+
+
+@dataclass(frozen=True)
+class MonteCarloSet:
+    predicted: np.ndarray  # [M] certified class, -1 where CERTIFY abstained
+    p_a_lower: np.ndarray  # [M]
+    radius: np.ndarray  # [M], 0 where abstained
+    counts0: np.ndarray  # [M,K]
+    counts: np.ndarray  # [M,K]
+    seconds: np.ndarray  # [M] wall time of CERTIFY per image
+
+
+def certify_all(
+    base_onnx: Path,
+    images_uint8: np.ndarray,
+    bundle: BundleConfig,
+    *,
+    batch_size: int,
+    seed: int,
+    out_dir: Path,
+    desc: str,
+) -> MonteCarloSet:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    protocol = {
+        "n0": bundle.n0,
+        "n": bundle.n,
+        "alpha": bundle.alpha,
+        "sigma": bundle.sigma,
+        "seed": seed,
+        "images": len(images_uint8),
+    }
+    stamp = out_dir / "protocol.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != protocol:
+        raise ValueError(
+            f"{out_dir}: holds results of another protocol {stamp.read_text()}; "
+            "delete the folder to recompute"
+        )
+    stamp.write_text(json.dumps(protocol))
+    predict = OnnxPredictor(make_session(base_onnx))
+    x_all = images_uint8.astype(np.float32) / np.float32(255.0)
+    k = None
+    starts = range(0, len(x_all), CHUNK)
+    for index, start in enumerate(tqdm(starts, desc=desc, mininterval=30)):
+        path = out_dir / f"chunk_{index:05d}.npz"
+        if path.exists():
+            continue
+        rows = []
+        for i in range(start, min(start + CHUNK, len(x_all))):
+            t0 = time.perf_counter()
+            if k is None:
+                k = predict(x_all[i : i + 1]).shape[1]
+            r = certify(
+                predict,
+                x_all[i],
+                sigma=bundle.sigma,
+                num_classes=k,
+                n0=bundle.n0,
+                n=bundle.n,
+                alpha=bundle.alpha,
+                batch_size=batch_size,
+                rng=np.random.default_rng([seed, i]),
+            )
+            rows.append((r.counts0, r.counts, time.perf_counter() - t0))
+        np.savez(
+            path.with_suffix(".tmp.npz"),
+            counts0=np.stack([r[0] for r in rows]),
+            counts=np.stack([r[1] for r in rows]),
+            seconds=np.array([r[2] for r in rows]),
+        )
+        path.with_suffix(".tmp.npz").replace(path)
+    parts = [np.load(out_dir / f"chunk_{i:05d}.npz") for i in range(len(starts))]
+    counts0 = np.concatenate([p["counts0"] for p in parts])
+    counts = np.concatenate([p["counts"] for p in parts])
+    certs = [
+        certify_from_counts(c0, c, bundle.alpha, bundle.sigma)
+        for c0, c in zip(counts0, counts, strict=True)
+    ]
+    return MonteCarloSet(
+        predicted=np.array([-1 if c.abstained else c.predicted_class for c in certs]),
+        p_a_lower=np.array([c.p_a_lower for c in certs]),
+        radius=np.array([c.radius for c in certs]),
+        counts0=counts0,
+        counts=counts,
+        seconds=np.concatenate([p["seconds"] for p in parts]),
+    )

@@ -1,0 +1,166 @@
+"""Exporter configuration: one frozen dataclass per stage, loaded from a TOML preset + overrides.
+
+    cfg = load_config("exporter/configs/smoke.toml", ["train_base.epochs=2", "bundle.sigma=0.5"])
+
+Every field carries its unit. Overrides are `section.field=value`, parsed with the field's type
+(never `exec`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    name: str = "cifar10-sigma0.25"  # folder name under models/ and manifest name
+    version: str = "1.0.0"
+    description: str = "CIFAR-10 surrogate certifier"
+    sigma: float = 0.25  # Gaussian noise std, in [0,1]-pixel units
+    n0: int = 100  # CERTIFY selection samples (reference protocol)
+    n: int = 10_000  # CERTIFY estimation samples (reference protocol)
+    alpha: float = 0.001  # CERTIFY failure probability
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "../shared/datasets/cifar10"  # ImageFolder root holding train/ and test/
+    download: bool = False  # fetch CIFAR-10 from its canonical source into `root` first
+    train_per_class: int = 0  # images per class read from train/ (0 = all)
+    test_per_class: int = 0  # images per class read from test/ (0 = all)
+    calibration_images: int = 500  # held out of train/: never trained on, used to calibrate
+    eval_every: int = 18  # evaluation subset = every k-th test image ...
+    eval_images: int = 500  # ... at most this many
+    max_bad_fraction: float = 0.01  # unreadable images are skipped; fatal above this fraction
+    seed: int = 0  # for the calibration hold-out draw
+
+
+@dataclass(frozen=True)
+class TrainBaseConfig:
+    arch: str = "cnn"  # "cnn" (CPU-friendly) or "resnet110" (Cohen et al., GPU)
+    widths: tuple[int, int, int] = (16, 32, 64)  # channels per stage (cnn only)
+    epochs: int = 15  # passes over the training set
+    batch_size: int = 256  # images per step
+    lr: float = 0.2  # peak learning rate of the one-cycle schedule (per batch of 256)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # L2 penalty per step
+    augment: bool = True  # random crop (pad 4) + horizontal flip
+    threads: int = 0  # torch CPU threads (0 = all cores)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    num_samples: int = 32  # N: noisy copies per training image for its count vector
+    batch_size: int = 1024  # noisy images per onnxruntime call
+    chunk_images: int = 2048  # images per resumable chunk file
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainSurrogateConfig:
+    loss: str = "js"  # "js" (Jensen-Shannon, the paper) or "ce" (soft-label cross-entropy)
+    init_from_base: bool = True  # start from the base classifier's weights
+    epochs: int = 6
+    batch_size: int = 256
+    lr: float = 0.05  # peak learning rate of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    flip: bool = True  # horizontal flips (the counts of a mirrored image are close to equal)
+    threads: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    epsilon: float = 0.01  # bound on P(served certificate over-claims the Monte-Carlo one)
+    batch_size: int = 1000  # noisy images per onnxruntime call
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18  # ONNX opset of the TorchScript exporter (torch.onnx.export, dynamo=False)
+    parity_images: int = 64  # real images compared between torch and onnxruntime
+    parity_tolerance: float = 1e-4  # max abs difference allowed; export fails above it
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 1000  # noisy images per onnxruntime call
+    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # table radii (L2, pixel units)
+    seed: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train_base: TrainBaseConfig = field(default_factory=TrainBaseConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    train_surrogate: TrainSurrogateConfig = field(default_factory=TrainSurrogateConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value, kind):
+    """Parse an override string (or TOML value) into the field's declared type."""
+    kind = str(kind)
+    if isinstance(value, str):
+        if kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"expected true/false, got {value!r}")
+            return value.lower() in ("true", "1")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind.startswith("tuple"):
+            cast = float if "float" in kind else int
+            return tuple(cast(v) for v in value.strip("()[] ").split(",") if v.strip())
+        return value
+    if kind.startswith("tuple"):
+        return tuple(value)
+    if kind == "float":
+        return float(value)
+    return value
+
+
+def _section(cls, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(fields)}")
+    return cls(**{k: _coerce(v, fields[k].type) for k, v in values.items()})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """The preset at `path` (TOML, one table per stage) with `section.field=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        raw.setdefault(section, {})[name] = value.strip()
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Config)}
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(sections)}")
+    return Config(
+        **{
+            name: _section(type(factory()), raw.get(name, {}), name)
+            for name, factory in sections.items()
+        }
+    )

@@ -1,0 +1,47 @@
+"""The stage order and the runner behind `python -m exporter run`.
+
+    data -> train-base -> targets -> train-surrogate -> calibrate -> export -> evaluate
+
+Work artifacts (data.npz, base.pt, targets/, surrogate.pt, calib_mc/, calibration.json,
+eval_mc/, *.onnx) live in the work folder (default `work/<bundle name>`, git-ignored); only the
+export and evaluate stages write into the bundle folder. Every stage resumes or recomputes from
+the artifacts present, so `--stage NAME` reruns one stage alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from exporter import bundle, calibrate, data, evaluate, targets, train_base, train_surrogate
+from exporter.config import Config
+
+log = logging.getLogger(__name__)
+
+STAGES = {
+    "data": lambda cfg, work, out: data.prepare(cfg.data, work),
+    "train-base": lambda cfg, work, out: train_base.run(cfg, work),
+    "targets": lambda cfg, work, out: targets.run(cfg, work),
+    "train-surrogate": lambda cfg, work, out: train_surrogate.run(cfg, work),
+    "calibrate": lambda cfg, work, out: calibrate.run(cfg, work),
+    "export": lambda cfg, work, out: bundle.run(cfg, work, out),
+    "evaluate": lambda cfg, work, out: evaluate.run(cfg, work, out),
+}
+
+
+def run(cfg: Config, work: Path, out: Path, stages: list[str] | None = None) -> dict:
+    """Run `stages` (default: all, in order); returns and records seconds per stage."""
+    bundle.check_output_folder(out, cfg.bundle.name)
+    work.mkdir(parents=True, exist_ok=True)
+    timings_path = work / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for name in stages or list(STAGES):
+        log.info("stage %s: start", name)
+        t0 = time.perf_counter()
+        STAGES[name](cfg, work, out)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        timings_path.write_text(json.dumps(timings, indent=2))
+        log.info("stage %s: done in %.1f s", name, timings[name])
+    return timings

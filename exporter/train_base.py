@@ -1,0 +1,101 @@
+"""Stage 2, train-base: the base classifier f, trained under Gaussian noise (Cohen et al.).
+
+Every training image is seen as x + N(0, sigma^2 I) in [0,1]-pixel space (after crop/flip), so
+f learns to classify noisy inputs, which is what the smoothed classifier g asks of it.
+Artifact: `<work>/base.pt` (weights, normalization, arch, config, finished epochs); resumable.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from exporter import data as data_stage
+from exporter import models
+from exporter.config import Config
+from exporter.training import augment, load_checkpoint, run_epochs
+
+log = logging.getLogger(__name__)
+
+
+def build_from_checkpoint(path: Path) -> torch.nn.Module:
+    """The network saved at `path` (base.pt or surrogate.pt), in eval mode."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net = models.build(
+        state["arch"], state["widths"], state["num_classes"], state["mean"], state["std"]
+    )
+    net.load_state_dict(state["model"])
+    return net.eval()
+
+
+@torch.no_grad()
+def noisy_accuracy(model, images_uint8, labels, sigma: float, seed: int = 0) -> float:
+    """Accuracy of f on one noisy copy of each image (a quick proxy for smoothed accuracy)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    correct = 0
+    for i in range(0, len(images_uint8), 500):
+        x = torch.as_tensor(images_uint8[i : i + 500]).float() / 255.0
+        x = x + sigma * torch.randn(x.shape, generator=gen)
+        correct += (model(x).argmax(1).numpy() == labels[i : i + 500]).sum()
+    return float(correct) / len(labels)
+
+
+def run(cfg: Config, work: Path) -> Path:
+    c, sigma = cfg.train_base, cfg.bundle.sigma
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    ds = data_stage.load(work)
+    torch.manual_seed(c.seed)
+    mean, std = models.channel_stats(ds.train.images)
+    model = models.build(c.arch, c.widths, len(ds.classes), mean, std)
+    steps_per_epoch = len(ds.train.labels) // c.batch_size
+    opt = torch.optim.SGD(
+        model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, c.lr, total_steps=c.epochs * steps_per_epoch, pct_start=0.25
+    )
+    ckpt = work / "base.pt"
+    start = load_checkpoint(ckpt, model, opt, sched)
+    if start:
+        log.info("train-base: resuming after epoch %d of %d", start, c.epochs)
+    x_all = torch.as_tensor(ds.train.images)
+    y_all = torch.as_tensor(ds.train.labels)
+
+    def steps(epoch):
+        gen = torch.Generator().manual_seed(c.seed * 1000 + epoch)  # same batches on resume
+        order = torch.randperm(len(y_all), generator=gen)
+        for s in range(steps_per_epoch):
+            idx = order[s * c.batch_size : (s + 1) * c.batch_size]
+            x = augment(x_all[idx].float() / 255.0, c.augment, c.augment, gen)
+            yield x + sigma * torch.randn(x.shape, generator=gen), y_all[idx]
+
+    extra = {
+        "arch": c.arch,
+        "widths": list(c.widths),
+        "num_classes": len(ds.classes),
+        "mean": mean,
+        "std": std,
+        "sigma": sigma,
+        "config": cfg.to_dict(),
+    }
+    run_epochs(
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        epochs=c.epochs,
+        start_epoch=start,
+        steps=steps,
+        loss_fn=F.cross_entropy,
+        ckpt=ckpt,
+        extra=extra,
+        desc="train-base",
+        on_epoch_end=lambda m: (
+            f"noisy-acc(calib) {noisy_accuracy(m, ds.calib.images, ds.calib.labels, sigma):.4f}"
+        ),
+    )
+    return ckpt

@@ -1,0 +1,86 @@
+"""Stage 4, train-surrogate: a network that maps x to its Monte-Carlo class frequencies.
+
+Accelerated Smoothing: the surrogate h is trained on clean images with targets counts / N from
+the targets stage, under the Jensen-Shannon divergence between softmax(h(x)) and the targets
+(or soft-label cross-entropy with `loss = "ce"`). It starts from the base classifier's weights
+by default: f already knows the classes, h only has to learn how confident f is under noise.
+Artifact: `<work>/surrogate.pt`; resumable per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporter import data as data_stage
+from exporter import models
+from exporter.config import Config
+from exporter.losses import LOSSES, js_divergence
+from exporter.training import augment, load_checkpoint, run_epochs
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def held_out_js(model, images_uint8, targets) -> float:
+    """Mean JS divergence on images the surrogate was not fitted to."""
+    model.eval()
+    x = torch.as_tensor(images_uint8).float() / 255.0
+    return float(js_divergence(model(x), torch.as_tensor(targets)))
+
+
+def run(cfg: Config, work: Path) -> Path:
+    c = cfg.train_surrogate
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    ds = data_stage.load(work)
+    counts = np.load(work / "targets" / "counts.npy")
+    freqs = torch.as_tensor(counts / counts.sum(1, keepdims=True), dtype=torch.float32)
+    base = torch.load(work / "base.pt", map_location="cpu", weights_only=False)
+    torch.manual_seed(c.seed)
+    model = models.build(
+        base["arch"], base["widths"], base["num_classes"], base["mean"], base["std"]
+    )
+    if c.init_from_base:
+        model.load_state_dict(base["model"])
+    # the last 2% of training images (at most 1,000) stay out of the fit: a held-out JS loss
+    held = min(1000, max(1, len(freqs) // 50))
+    fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, None)
+    x_all, y_all = torch.as_tensor(ds.train.images[fit]), freqs[fit]
+    steps_per_epoch = len(y_all) // c.batch_size
+    opt = torch.optim.SGD(
+        model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, c.lr, total_steps=c.epochs * steps_per_epoch, pct_start=0.2
+    )
+    ckpt = work / "surrogate.pt"
+    start = load_checkpoint(ckpt, model, opt, sched)
+
+    def steps(epoch):
+        gen = torch.Generator().manual_seed(c.seed * 1000 + epoch)
+        order = torch.randperm(len(y_all), generator=gen)
+        for s in range(steps_per_epoch):
+            idx = order[s * c.batch_size : (s + 1) * c.batch_size]
+            yield augment(x_all[idx].float() / 255.0, False, c.flip, gen), y_all[idx]
+
+    extra = {key: base[key] for key in ("arch", "widths", "num_classes", "mean", "std", "sigma")}
+    extra |= {"loss": c.loss, "config": cfg.to_dict()}
+    watch_x, watch_y = ds.train.images[watch], freqs[watch].numpy()
+    run_epochs(
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        epochs=c.epochs,
+        start_epoch=start,
+        steps=steps,
+        loss_fn=LOSSES[c.loss],
+        ckpt=ckpt,
+        extra=extra,
+        desc="train-surrogate",
+        on_epoch_end=lambda m: f"held-out JS {held_out_js(m, watch_x, watch_y):.4f}",
+    )
+    return ckpt
