@@ -32,6 +32,7 @@ from server.errors import (
 
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP"}
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its fixed CRC: every whole PNG has it
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _SCALE = np.float32(1.0 / 255.0)
 
@@ -117,6 +118,9 @@ def decode_image(
     if not data:
         raise EmptyBody("the image is empty (0 bytes)")
     img = _open(data)
+    if img.format == "PNG" and PNG_END not in data[-1024:]:
+        # Pillow decodes a PNG cut inside its last chunks without complaint; refuse it anyway
+        raise TruncatedImage("the PNG image is truncated: it does not end with an IEND chunk")
     w, h = img.size
     if w * h > max_pixels:
         raise DecompressionBomb(

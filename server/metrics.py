@@ -127,16 +127,21 @@ MODEL_READY = Gauge(
 )
 
 
+# prometheus_client chose its value store when it was imported, just before this line: read
+# the variable once, here, so that later changes to the environment cannot disagree with it.
+_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
 def multiprocess_dir() -> str | None:
     """The multiprocess folder when metrics are shared between worker processes."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return _MULTIPROC_DIR
 
 
 def render() -> tuple[bytes, str]:
     """The exposition text of every metric (merged over workers in multiprocess mode)."""
     if multiprocess_dir():
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry, path=_MULTIPROC_DIR)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -144,4 +149,4 @@ def render() -> tuple[bytes, str]:
 def mark_worker_dead(pid: int) -> None:
     """Drop a stopping worker's live gauges from the merged view."""
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid, path=_MULTIPROC_DIR)

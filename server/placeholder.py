@@ -2,10 +2,11 @@
 
 Both graphs are one linear layer on the flattened [0,1] pixels, `logits = x W + b`; the
 surrogate adds a softmax. That is a real network with a known answer, which is what tests
-need: with W = 0 the surrogate outputs softmax(b) for every image, and a base model whose
-class-0 logit is `w * (x_p - t)` (class 1 fixed at 0) predicts class 0 under noise with
-probability Phi((x_p - t) / sigma). Needs the `onnx` package (dev/exporter extras); the server
-itself never imports this module.
+need: an "intensity" surrogate with logits (c (m - 1/2), -c (m - 1/2), 0, ...) for the mean
+pixel m calls bright images class 0, dark ones class 1 and abstains on mid-grey; a "probe" base
+model whose class-0 logit is `w * (x_p - t)` (the others 0) predicts class 0 under noise with
+probability Phi((x_p - t) / sigma), exactly. Needs the `onnx` package (dev/exporter extras);
+the server itself never imports this module.
 
     python -m server.placeholder models/placeholder-untrained   # random, UNTRAINED weights
 """
@@ -55,6 +56,16 @@ def linear_graph(weight: np.ndarray, bias: np.ndarray, shape, *, softmax: bool, 
     return model
 
 
+def intensity_weights(shape, k: int, c: float = 20.0):
+    """Surrogate weights: logits c (m - 1/2), -c (m - 1/2), 0, ... for the mean pixel m."""
+    dim = int(np.prod(shape))
+    weight = np.zeros((dim, k), dtype=np.float32)
+    bias = np.zeros(k, dtype=np.float32)
+    weight[:, 0], weight[:, 1] = c / dim, -c / dim
+    bias[0], bias[1] = -c / 2, c / 2
+    return weight, bias
+
+
 def probe_weights(shape, pixel: int, w: float, t: float, k: int = 2):
     """Base weights: class-0 logit w * (x[pixel] - t), the others 0 (`pixel`: flat index)."""
     weight = np.zeros((int(np.prod(shape)), k), dtype=np.float32)
@@ -80,18 +91,15 @@ def write_bundle(
 ) -> dict:
     """Write a complete, valid bundle (graphs, manifest, correct sha256s); returns the manifest.
 
-    Default surrogate: W = 0 and bias log([0.9, 0.05, ...]) (p_a = 0.9 for class 0 on any image);
-    default base: a probe model on pixel 0 with threshold 0.5 scaled to len(classes).
+    Defaults: the intensity surrogate and a probe base model on pixel 0 with threshold 1/2.
     """
     import onnx
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    k, dim = len(classes), int(np.prod(shape))
+    k = len(classes)
     if surrogate is None:
-        probs = np.full(k, 0.1 / (k - 1))
-        probs[0] = 0.9
-        surrogate = (np.zeros((dim, k)), np.log(probs))
+        surrogate = intensity_weights(shape, k)
     if base is None:
         base = probe_weights(shape, pixel=0, w=100.0, t=0.5, k=k)
     onnx.save(linear_graph(*surrogate, shape, softmax=True), folder / "surrogate.onnx")

@@ -1,0 +1,116 @@
+"""`python -m server` as a real uvicorn process: two workers, both paths, whole metrics."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.__main__ import parse_args, prepare_multiprocess_dir
+from tests.server.helpers import solid
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def certify_count(text: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "accsmooth_http_requests_total"
+        and s.labels == {"endpoint": "/certify", "method": "POST", "status": "200"}
+    )
+
+
+@pytest.fixture
+def server(models_dir: Path, tmp_path: Path):
+    """A 2-worker server on a free port, with its multiprocess metrics folder."""
+    port = free_port()
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    (prom / "counter_99999.db").write_bytes(b"stale")  # a previous run's leftovers
+    env = os.environ | {
+        "PROMETHEUS_MULTIPROC_DIR": str(prom),
+        "ACCSMOOTH_PROVIDERS": "CPUExecutionProvider",
+        "ACCSMOOTH_INTRA_OP_THREADS": "1",
+    }
+    args = ["--port", str(port), "--workers", "2", "--models-dir", str(models_dir)]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("server did not become ready:\n" + (tmp_path / "server.log").read_text())
+        yield base, prom
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_two_workers_serve_both_paths_and_every_scrape_sees_all_requests(server):
+    base, prom = server
+    n = 20
+    for _ in range(n):  # a new connection each time, so both workers get traffic
+        with httpx.Client(base_url=base, headers={"connection": "close"}) as c:
+            r = c.post("/certify", content=solid(230), headers={"content-type": "image/png"})
+            assert r.status_code == 200 and r.json()["label"] == "cat"
+    sampled = httpx.post(
+        f"{base}/certify/sampled",
+        params={"n": 1000, "seed": 1},
+        content=solid(230),
+        headers={"content-type": "image/png"},
+        timeout=30,
+    )
+    assert sampled.status_code == 200, sampled.text
+    assert sum(sampled.json()["counts"]) == 1000 and sampled.json()["label"] == "cat"
+    counts = []
+    for _ in range(10):
+        with httpx.Client(base_url=base, headers={"connection": "close"}) as c:
+            counts.append(certify_count(c.get("/metrics").text))
+    assert counts == [n] * 10  # whichever worker answers, the scrape is whole
+    pids = {p.stem.rsplit("_", 1)[-1] for p in prom.glob("*.db")}
+    assert len(pids) >= 2 and "99999" not in pids  # two workers wrote; stale files removed
+
+
+def test_cli_options_have_defaults_and_parse():
+    args = parse_args(["--port", "9000", "--workers", "3", "--models-dir", "m"])
+    assert (args.port, args.workers, args.models_dir, args.host) == (
+        9000,
+        3,
+        Path("m"),
+        "127.0.0.1",
+    )
+
+
+def test_several_workers_get_a_fresh_metrics_folder(monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")  # restored after the test
+    assert prepare_multiprocess_dir(1) is None
+    folder = prepare_multiprocess_dir(2)
+    try:
+        assert folder and os.environ["PROMETHEUS_MULTIPROC_DIR"] == folder
+        assert Path(folder).is_dir() and not any(Path(folder).iterdir())
+    finally:
+        os.rmdir(folder)

@@ -1,0 +1,109 @@
+"""Loading bundles: readiness, corrupt or inconsistent bundles refused with a message, defaults."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.placeholder import linear_graph
+from tests.server.helpers import post_image, rehash, settings_for, solid
+
+
+def corrupt(folder, file="surrogate.onnx"):
+    data = bytearray((folder / file).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / file).write_bytes(bytes(data))
+
+
+def readyz(client):
+    response = client.get("/readyz")
+    return response.status_code, response.json()
+
+
+def test_readyz_is_503_until_bundles_are_loaded(models_dir):
+    client = TestClient(create_app(settings_for(models_dir)))  # lifespan not started: no load
+    status, body = readyz(client)
+    assert status == 503 and body["error"] == "not_ready"
+    assert body["detail"] == "model bundles are still loading"
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/livez").status_code == 200
+
+
+def test_readyz_is_200_once_every_bundle_is_warmed_up(client):
+    status, body = readyz(client)
+    assert status == 200 and body == {"status": "ready", "models": {"tiny": "ready"}}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/health/live").json() == {"live": True}
+
+
+def test_a_corrupt_bundle_keeps_the_server_unready_with_the_file_and_problem(
+    make_bundle, start_client, caplog
+):
+    make_bundle("good")
+    corrupt(make_bundle("bad"))
+    with caplog.at_level(logging.ERROR, logger="server"):
+        client = start_client(make_bundle("good").parent)
+    status, body = readyz(client)
+    assert status == 503 and body["models"] == {"bad": "failed", "good": "ready"}
+    assert "bad: " in body["detail"] and "surrogate.onnx: sha256 mismatch" in body["detail"]
+    assert any("surrogate.onnx: sha256 mismatch" in r.getMessage() for r in caplog.records)
+    refused = post_image(client, solid(250), params={"model": "bad"})
+    assert refused.status_code == 503 and refused.json()["error"] == "model_not_ready"
+    served = post_image(client, solid(250), params={"model": "good"})
+    assert served.status_code == 200  # the good bundle is still served
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda f: (f / "base.onnx").unlink(), "base.onnx: missing"),
+        (lambda f: (f / "manifest.json").unlink(), "manifest.json: missing"),
+        (lambda f: (f / "manifest.json").write_text("[]"), "manifest.json: (top level)"),
+    ],
+)
+def test_missing_files_are_named_in_readyz(make_bundle, start_client, damage, message):
+    folder = make_bundle()
+    damage(folder)
+    status, body = readyz(start_client(folder.parent))
+    assert status == 503 and message in body["detail"]
+
+
+def test_a_surrogate_that_outputs_logits_is_refused_at_warm_up(make_bundle, start_client):
+    folder = make_bundle()
+    logits = linear_graph(np.zeros((192, 3)), np.array([5.0, 0.0, 0.0]), (3, 8, 8),
+                          softmax=False, names=("images", "probabilities"))  # fmt: skip
+    onnx.save(logits, folder / "surrogate.onnx")
+    rehash(folder)  # a consistent bundle: only warm-up can notice
+    status, body = readyz(start_client(folder.parent))
+    assert status == 503 and "surrogate.onnx: outputs do not sum to 1" in body["detail"]
+
+
+def test_a_folder_named_unlike_its_bundle_is_refused(make_bundle, start_client):
+    folder = make_bundle("tiny", name="other")
+    status, body = readyz(start_client(folder.parent))
+    assert status == 503 and "name 'other' differs from its folder 'tiny'" in body["detail"]
+
+
+def test_an_empty_models_folder_is_not_ready(tmp_path, start_client):
+    (tmp_path / "models").mkdir()
+    status, body = readyz(start_client(tmp_path / "models"))
+    assert status == 503 and "no model bundles found" in body["detail"]
+
+
+def test_the_default_model_is_the_first_by_name_unless_configured(make_bundle, start_client):
+    make_bundle("b-model")
+    models = make_bundle("a-model").parent
+    assert start_client(models).get("/models").json()["default"] == "a-model"
+    configured = start_client(models, default_model="b-model")
+    assert configured.get("/models").json()["default"] == "b-model"
+    assert post_image(configured, solid(250)).json()["model"] == "b-model"
+
+
+def test_a_default_model_that_does_not_exist_is_not_ready(models_dir, start_client):
+    status, body = readyz(start_client(models_dir, default_model="missing"))
+    assert status == 503 and "ACCSMOOTH_DEFAULT_MODEL='missing' names no bundle" in body["detail"]

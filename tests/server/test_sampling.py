@@ -1,0 +1,69 @@
+"""Monte-Carlo CERTIFY on a base model whose class probabilities under noise are known exactly.
+
+The probe model predicts class 0 iff x_p + sigma * z > t, so P(class 0) = Phi((x_p - t)/sigma).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from server.runtime import OnnxPredictor, RuntimeOptions, make_session
+from server.sampling import certify, sample_counts
+from server.smoothing import clopper_pearson_lower, radius_from_p_lower
+
+SIGMA, THRESHOLD, VALUE = 0.25, 0.5, 0.6
+
+
+@pytest.fixture
+def probe(make_bundle) -> OnnxPredictor:
+    folder = make_bundle()  # base: probe on pixel 0 with threshold 1/2
+    options = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)
+    return OnnxPredictor(make_session(folder / "base.onnx", options))
+
+
+def image() -> np.ndarray:
+    x = np.full((3, 8, 8), 0.2, dtype=np.float32)
+    x[0, 0, 0] = VALUE
+    return x
+
+
+def test_counts_match_the_known_class_probability(probe):
+    n = 20_000
+    p0 = norm.cdf((VALUE - THRESHOLD) / SIGMA)
+    counts = sample_counts(probe, image(), n, SIGMA, 3, 1000, np.random.default_rng(0))
+    assert counts.sum() == n and counts[2] == 0  # ties between 0-logits go to class 1
+    assert abs(counts[0] - n * p0) < 5 * np.sqrt(n * p0 * (1 - p0))
+
+
+def test_certify_bounds_the_true_probability_from_below(probe):
+    p0 = norm.cdf((VALUE - THRESHOLD) / SIGMA)
+    result = certify(probe, image(), sigma=SIGMA, num_classes=3, n0=100, n=20_000,
+                     alpha=0.001, batch_size=1000, rng=np.random.default_rng(1))  # fmt: skip
+    cert = result.certificate
+    assert cert.predicted_class == 0
+    assert cert.p_a_lower == pytest.approx(clopper_pearson_lower(result.counts[0], 20_000, 0.001))
+    assert p0 - 0.03 < cert.p_a_lower < p0
+    assert cert.radius == pytest.approx(radius_from_p_lower(cert.p_a_lower, SIGMA))
+
+
+def test_noise_is_streamed_in_batches_no_larger_than_batch_size(probe):
+    sizes = []
+
+    def spy(batch):
+        sizes.append(len(batch))
+        return probe(batch)
+
+    sample_counts(spy, image(), 1_050, SIGMA, 3, 100, np.random.default_rng(0))
+    assert max(sizes) == 100 and sum(sizes) == 1_050
+
+
+def test_the_same_seed_reproduces_the_same_counts(probe):
+    def run(seed):
+        return certify(probe, image(), sigma=SIGMA, num_classes=3, n0=50, n=2_000,
+                       alpha=0.001, batch_size=256, rng=np.random.default_rng(seed))  # fmt: skip
+
+    a, b, c = run(7), run(7), run(8)
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.counts0, b.counts0)
+    assert not np.array_equal(a.counts, c.counts)

@@ -1,0 +1,104 @@
+"""The smoothing math: Clopper-Pearson bounds, radii, abstention, served certificates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom, norm
+
+from server.smoothing import (
+    certify_from_counts,
+    certify_from_probabilities,
+    clopper_pearson_lower,
+    fit_conformal_shift,
+    radius_from_p_lower,
+    surrogate_p_lower,
+)
+
+
+@pytest.mark.parametrize("n", [1, 10, 100, 10_000])
+@pytest.mark.parametrize("alpha", [0.001, 0.05])
+def test_lower_bound_when_every_sample_agrees_is_alpha_to_the_one_over_n(n, alpha):
+    assert clopper_pearson_lower(n, n, alpha) == pytest.approx(alpha ** (1 / n), rel=1e-9)
+
+
+def test_lower_bound_is_zero_when_no_sample_agrees():
+    assert clopper_pearson_lower(0, 100, 0.001) == 0.0
+
+
+@pytest.mark.parametrize("n_a,n", [(1, 10), (55, 100), (9_990, 10_000), (70_000, 100_000)])
+def test_lower_bound_solves_the_binomial_tail_equation(n_a, n):
+    """p_L is where seeing >= nA successes has probability alpha: P(Bin(n, p_L) >= nA) = alpha."""
+    alpha = 0.001
+    p_lower = clopper_pearson_lower(n_a, n, alpha)
+    assert binom.sf(n_a - 1, n, p_lower) == pytest.approx(alpha, rel=1e-6)
+    assert p_lower < n_a / n
+
+
+def test_lower_bound_works_on_arrays():
+    bounds = clopper_pearson_lower(np.array([0, 50, 100]), 100, 0.01)
+    assert bounds.shape == (3,)
+    assert bounds[0] == 0.0 and 0 < bounds[1] < bounds[2] < 1
+
+
+def test_radius_is_sigma_times_the_normal_quantile():
+    assert radius_from_p_lower(norm.cdf(1.0), 0.5) == pytest.approx(0.5)
+    assert radius_from_p_lower(norm.cdf(2.0), 0.25) == pytest.approx(0.5)
+
+
+def test_radius_increases_with_the_lower_bound():
+    p = np.linspace(0.501, 0.99999, 200)
+    radii = radius_from_p_lower(p, 0.25)
+    assert np.all(np.diff(radii) > 0)
+
+
+@pytest.mark.parametrize("p_lower", [0.0, 0.3, 0.5])
+def test_radius_is_zero_at_or_below_one_half(p_lower):
+    assert radius_from_p_lower(p_lower, 0.25) == 0.0
+
+
+def test_certify_abstains_when_the_bound_does_not_clear_one_half():
+    cert = certify_from_counts([60, 40], [5_050, 4_950], alpha=0.001, sigma=0.25)
+    assert cert.abstained and cert.predicted_class is None and cert.radius == 0.0
+    assert cert.p_a_lower <= 0.5
+
+
+def test_certify_abstains_when_the_selected_class_is_never_seen_again():
+    cert = certify_from_counts([0, 100], [1_000, 0], alpha=0.001, sigma=0.25)
+    assert cert.abstained and cert.p_a_lower == 0.0
+
+
+def test_certify_uses_the_class_selected_by_the_first_round():
+    cert = certify_from_counts([10, 90, 0], [50, 9_900, 50], alpha=0.001, sigma=0.5)
+    assert cert.predicted_class == 1 and not cert.abstained
+    expected = 0.5 * norm.ppf(clopper_pearson_lower(9_900, 10_000, 0.001))
+    assert cert.radius == pytest.approx(expected)
+
+
+def test_surrogate_bound_treats_p_a_as_a_count_out_of_n():
+    assert surrogate_p_lower(0.9, 1000, 0.001) == pytest.approx(
+        clopper_pearson_lower(900, 1000, 0.001)
+    )
+
+
+def test_calibration_shift_lowers_the_served_bound_exactly():
+    raw, shifted = (
+        certify_from_probabilities([[0.95, 0.05]], 10_000, 0.001, 0.25, shift)[0]
+        for shift in (0.0, 0.03)
+    )
+    assert shifted.p_a_lower == pytest.approx(raw.p_a_lower - 0.03)
+    assert shifted.radius < raw.radius
+
+
+def test_served_certificate_abstains_on_a_uniform_surrogate():
+    (cert,) = certify_from_probabilities([[1 / 3, 1 / 3, 1 / 3]], 10_000, 0.001, 0.25)
+    assert cert.abstained and cert.radius == 0.0
+
+
+def test_conformal_shift_is_the_right_order_statistic():
+    scores = np.arange(1, 20) / 100  # 19 scores: rank ceil(20 * 0.9) = 18 -> 0.18
+    assert fit_conformal_shift(scores, 0.1) == pytest.approx(0.18)
+    assert fit_conformal_shift([-0.2, -0.1], 0.5) == 0.0  # never negative
+    assert math.isinf(fit_conformal_shift([0.1, 0.2], 0.01))  # too few scores
