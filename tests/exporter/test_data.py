@@ -1,0 +1,66 @@
+"""The data stage: ImageFolder reading on real CIFAR-10 files and clear errors on bad folders."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exporter import data
+from exporter.config import DataConfig
+from exporter.data import DatasetError, read_image_folder
+
+
+def _folder(tmp_path, classes=("a", "b"), per_class=3, size=(8, 8)):
+    for c in classes:
+        (tmp_path / "train" / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", size, (40 * i, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
+    return tmp_path / "train"
+
+
+def test_real_cifar_slice_reads_as_one_uint8_array(cifar_root):
+    x, y, classes = read_image_folder(cifar_root / "test", per_class=5)
+    assert x.dtype == np.uint8 and x.shape == (50, 3, 32, 32)
+    assert classes[0] == "airplane" and len(classes) == 10
+    assert np.bincount(y).tolist() == [5] * 10
+
+
+def test_prepare_holds_out_calibration_images_disjoint_from_training(cifar_root, tmp_path):
+    cfg = DataConfig(
+        root=str(cifar_root),
+        train_per_class=20,
+        test_per_class=10,
+        calibration_images=50,
+        eval_every=4,
+        eval_images=20,
+    )
+    data.prepare(cfg, tmp_path)
+    ds = data.load(tmp_path)
+    assert len(ds.train.labels) == 150 and len(ds.calib.labels) == 50 and len(ds.eval.labels) == 20
+    train_rows = {row.tobytes() for row in ds.train.images}
+    assert not any(row.tobytes() in train_rows for row in ds.calib.images)
+
+
+def test_missing_folder_is_named_in_the_error(tmp_path):
+    with pytest.raises(DatasetError, match=str(tmp_path / "nope")):
+        read_image_folder(tmp_path / "nope")
+
+
+def test_empty_class_is_an_error(tmp_path):
+    split = _folder(tmp_path)
+    (split / "c").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        read_image_folder(split)
+
+
+def test_unreadable_images_are_skipped_below_the_threshold(tmp_path):
+    split = _folder(tmp_path, per_class=50)
+    (split / "a" / "broken.png").write_bytes(b"not a png")
+    x, y, _ = read_image_folder(split, max_bad_fraction=0.05)
+    assert len(x) == 100
+
+
+def test_unreadable_images_are_fatal_above_the_threshold(tmp_path):
+    split = _folder(tmp_path, per_class=2)
+    (split / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="unreadable"):
+        read_image_folder(split, max_bad_fraction=0.01)

@@ -1,0 +1,35 @@
+"""ONNX export: onnxruntime matches torch on real images, and a failed parity check stops it."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from exporter.onnx_export import ParityError, export
+from server.runtime import OnnxPredictor, make_session
+
+
+@pytest.mark.parametrize("kind", ["base", "surrogate"])
+def test_exported_graph_matches_torch_on_real_images(smoke_run, tmp_path, kind):
+    cfg, work, _ = smoke_run
+    from exporter import data
+
+    images = data.load(work).eval.images
+    diff = export(work / f"{kind}.pt", kind, tmp_path / f"{kind}.onnx", cfg.export, images)
+    assert diff <= 1e-4
+    out = OnnxPredictor(make_session(tmp_path / f"{kind}.onnx"))(data.to_float(images[:7]))
+    assert out.shape == (7, 10)  # dynamic batch axis
+    if kind == "surrogate":
+        assert np.allclose(out.sum(1), 1.0, atol=1e-5)
+
+
+def test_export_fails_when_parity_is_above_tolerance(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    from exporter import data
+
+    strict = dataclasses.replace(cfg.export, parity_tolerance=-1.0)  # no difference can pass
+    with pytest.raises(ParityError, match="differs from torch"):
+        export(
+            work / "base.pt", "base", tmp_path / "base.onnx", strict, data.load(work).eval.images
+        )
+    assert not (tmp_path / "base.onnx").exists()

@@ -1,0 +1,81 @@
+"""The smoke preset end to end: a bundle the server loads, serves and audits over HTTP."""
+
+import dataclasses
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from exporter import bundle, pipeline
+from exporter.bundle import BundleExistsError, sha256
+from server.app import create_app
+from tests.server.helpers import settings_for, wait_ready
+
+
+def _png(chw_uint8: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(chw_uint8.transpose(1, 2, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
+    _, _, out = smoke_run
+    manifest = bundle.read_manifest(out)
+    for name in (
+        "surrogate.onnx",
+        "base.onnx",
+        "report.json",
+        "report.md",
+        "certified_accuracy.png",
+    ):
+        assert manifest["sha256"][name] == sha256(out / name)
+    assert manifest["calibration"]["set_size"] == 100
+    assert manifest["evaluation"]["images"] == 30
+    assert manifest["graphs"]["surrogate"]["output"] == "probabilities"
+
+
+def test_report_compares_three_methods_at_the_table_radii(smoke_run):
+    _, _, out = smoke_run
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["certified_accuracy"]) == {
+        "monte_carlo",
+        "surrogate_raw",
+        "surrogate_calibrated",
+    }
+    assert list(report["certified_accuracy"]["monte_carlo"]) == ["0", "0.25", "0.5", "0.75", "1"]
+    mc = report["certified_accuracy"]["monte_carlo"]
+    values = list(mc.values())
+    assert values == sorted(values, reverse=True)  # certified accuracy decreases with r
+    assert report["speedup"] > 1
+    assert "| Monte-Carlo (CERTIFY) |" in (out / "report.md").read_text()
+
+
+def test_smoke_bundle_is_served_and_audited_over_http(smoke_run):
+    cfg, work, out = smoke_run
+    from exporter import data
+
+    image = data.load(work).eval.images[0]
+    with TestClient(create_app(settings_for(out.parent))) as client:
+        wait_ready(client)
+        fast = client.post("/certify", files={"image": ("x.png", _png(image), "image/png")})
+        assert fast.status_code == 200, fast.text
+        body = fast.json()
+        assert body["model"] == "smoke" and body["method"] == "surrogate"
+        assert body["abstained"] or body["label"] in data.load(work).classes
+        audit = client.post(
+            "/certify/sampled",
+            params={"n0": 20, "n": 200, "seed": 3},
+            files={"image": ("x.png", _png(image), "image/png")},
+        )
+        assert audit.status_code == 200, audit.text
+        assert sum(audit.json()["counts"]) == 200
+
+
+def test_output_folder_holding_another_bundle_is_refused(smoke_run, tmp_path):
+    cfg, work, out = smoke_run
+    with pytest.raises(BundleExistsError, match="holds bundle 'smoke'"):
+        other = dataclasses.replace(cfg, bundle=dataclasses.replace(cfg.bundle, name="other"))
+        pipeline.run(other, work, out, ["export"])

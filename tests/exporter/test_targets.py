@@ -1,0 +1,57 @@
+"""The targets stage: counts sum to N, a seed reproduces them, a killed run resumes exactly."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+
+from exporter import targets
+
+
+def _copy_work(src, dst):
+    dst.mkdir()
+    for name in ("data.npz", "base.pt", "base.onnx"):
+        shutil.copy2(src / name, dst / name)
+    return dst
+
+
+def _with_seed(cfg, seed):
+    return dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, seed=seed))
+
+
+def test_counts_sum_to_n_for_every_image(smoke_run):
+    cfg, work, _ = smoke_run
+    counts = np.load(work / "targets" / "counts.npy")
+    assert counts.shape[1] == 10
+    assert (counts.sum(1) == cfg.targets.num_samples).all()
+
+
+def test_same_seed_gives_the_same_counts_and_another_seed_does_not(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    again = np.load(targets.run(cfg, _copy_work(work, tmp_path / "a")))
+    other = np.load(targets.run(_with_seed(cfg, 7), _copy_work(work, tmp_path / "b")))
+    assert np.array_equal(again, np.load(work / "targets" / "counts.npy"))
+    assert not np.array_equal(other, again)
+
+
+def test_resuming_an_interrupted_run_gives_the_same_counts(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    resumed = _copy_work(work, tmp_path / "resumed")
+    shutil.copytree(work / "targets", resumed / "targets")
+    chunks = sorted((resumed / "targets").glob("chunk_*.npy"))
+    assert len(chunks) >= 3
+    for path in chunks[len(chunks) // 2 :]:  # "killed" halfway: later chunks never written
+        path.unlink()
+    (resumed / "targets" / "counts.npy").unlink()
+    assert np.array_equal(
+        np.load(targets.run(cfg, resumed)), np.load(work / "targets" / "counts.npy")
+    )
+
+
+def test_meta_records_the_rate_against_bare_onnxruntime(smoke_run):
+    import json
+
+    _, work, _ = smoke_run
+    meta = json.loads((work / "targets" / "meta.json").read_text())
+    assert meta["bare_onnxruntime_images_per_s"] > 0
+    assert 0 < meta["fraction_of_bare"] <= 1.5
