@@ -44,3 +44,15 @@ def test_config_is_frozen():
     cfg = load_config(None)
     with pytest.raises(AttributeError):
         cfg.bundle.sigma = 1.0
+
+
+@pytest.mark.parametrize(
+    "preset", sorted((ROOT / "exporter/configs").glob("*.toml")), ids=lambda p: p.stem
+)
+def test_every_preset_loads_and_builds_its_network(preset):
+    from exporter.models import build
+
+    cfg = load_config(preset)
+    net = build(cfg.train_base.arch, cfg.train_base.widths, 10, [0.5] * 3, [0.25] * 3)
+    assert sum(p.numel() for p in net.parameters()) > 0
+    assert 0 < cfg.bundle.alpha < 1 and cfg.bundle.n > cfg.bundle.n0 > 0
