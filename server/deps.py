@@ -2,6 +2,8 @@
 
 Routes declare what they need as `Annotated` aliases (`RegistryDep`, `ModelDep`, ...) and stay
 a few lines long. Everything here raises domain errors from `server.errors`, never HTTP ones.
+Every dependency is `async def` although none awaits: FastAPI runs plain `def` dependencies on
+its thread pool, and each such hop costs ~0.1-0.3 ms, which the 3 ms fast path cannot spare.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from server.settings import Settings
 MULTIPART = "multipart/form-data"
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_audits(request: Request) -> AuditPool:
+async def get_audits(request: Request) -> AuditPool:
     return request.app.state.audits
 
 
@@ -43,7 +45,7 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 AuditsDep = Annotated[AuditPool, Depends(get_audits)]
 
 
-def get_model(
+async def get_model(
     registry: RegistryDep,
     model: Annotated[str | None, Query(description="bundle name (default: default bundle)")] = None,
 ) -> LoadedModel:
@@ -62,12 +64,12 @@ def _check_key(request: Request, settings: Settings, what: str) -> None:
         raise Unauthorized(f"{what} needs the API key: send 'Authorization: Bearer <key>'")
 
 
-def require_key_for_sampled(request: Request, settings: SettingsDep) -> None:
+async def require_key_for_sampled(request: Request, settings: SettingsDep) -> None:
     """/certify/sampled is the expensive path: it needs the key whenever one is set."""
     _check_key(request, settings, "/certify/sampled")
 
 
-def require_key_for_certify(request: Request, settings: SettingsDep) -> None:
+async def require_key_for_certify(request: Request, settings: SettingsDep) -> None:
     """/certify needs the key only with ACCSMOOTH_PROTECT_CERTIFY=true."""
     if settings.protect_certify:
         _check_key(request, settings, "/certify")

@@ -23,13 +23,13 @@ def _not_ready(registry) -> JSONResponse:
 
 
 @router.get("/livez")
-def livez() -> Health:
+async def livez() -> Health:
     """The process is up (it may still be loading models)."""
     return Health(status="alive")
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
-def readyz(registry: RegistryDep):
+async def readyz(registry: RegistryDep):
     """200 once every bundle is loaded and warmed up; 503 with the reason otherwise."""
     if not registry.ready():
         return _not_ready(registry)
@@ -37,13 +37,13 @@ def readyz(registry: RegistryDep):
 
 
 @router.get("/v2/health/live")
-def oip_live() -> dict:
+async def oip_live() -> dict:
     """Open Inference Protocol liveness."""
     return {"live": True}
 
 
 @router.get("/v2/health/ready", responses={503: {"description": "not ready"}})
-def oip_ready(registry: RegistryDep):
+async def oip_ready(registry: RegistryDep):
     """Open Inference Protocol readiness."""
     if not registry.ready():
         return _not_ready(registry)

@@ -34,7 +34,7 @@ def _summary(model: LoadedModel, cls=ModelSummary, **extra):
 
 
 @router.get("/models")
-def list_models(registry: RegistryDep) -> ModelList:
+async def list_models(registry: RegistryDep) -> ModelList:
     """Every bundle found, with its status and serving facts."""
     return ModelList(
         default=registry.default_name,
@@ -43,7 +43,7 @@ def list_models(registry: RegistryDep) -> ModelList:
 
 
 @router.get("/models/{name}")
-def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
     """One bundle: manifest facts (protocol, calibration, evaluation) and the provider in use."""
     model = registry.models.get(name)
     if model is None:
