@@ -156,6 +156,9 @@ class ModelRegistry:
             name=model.name,
         )
         await model.batcher.start()
+        # one image through the whole path (batcher thread, bound, radius): no cold first request
+        shape = model.manifest.input.shape
+        await model.batcher.submit(np.full(shape, 0.5, np.float32), model.manifest.shift, "warm-up")
         model.status = "ready"
         self.models[model.name] = model
         for kind in ("surrogate", "base"):

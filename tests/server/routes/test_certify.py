@@ -129,6 +129,15 @@ def test_a_body_over_the_limit_is_refused_with_413(models_dir, start_client):
     assert_error(response, 413, "body_too_large", "over the limit of 2048")
 
 
+def test_a_streamed_body_without_length_over_the_limit_is_refused_with_413(
+    models_dir, start_client
+):
+    client = start_client(models_dir, max_body_bytes=2048)
+    chunks = iter([b"\x89PNG" + bytes(1020)] * 8)  # chunked upload: no Content-Length
+    response = client.post("/certify", content=chunks, headers={"content-type": "image/png"})
+    assert_error(response, 413, "body_too_large", "over the limit of 2048")
+
+
 def test_a_missing_image_field_is_422(client):
     response = client.post("/certify", files={"picture": ("x.png", solid(5))})
     assert_error(response, 422, "missing_image", "field 'image' is missing")
