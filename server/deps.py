@@ -90,8 +90,10 @@ async def _uploads(request: Request, settings: Settings) -> list[UploadFile]:
     return fields
 
 
-def _unsupported(media: str) -> UnsupportedMediaType:
+def _unsupported(media: str, *, raw_allowed: bool = True) -> UnsupportedMediaType:
     got = f"content type {media!r}" if media else "no content type"
+    if not raw_allowed:
+        return UnsupportedMediaType(f"{got}: send multipart/form-data with file fields 'image'")
     return UnsupportedMediaType(
         f"{got}: send multipart/form-data with a file field 'image', or the raw image bytes"
         " with an image/* content type (image/png, image/jpeg, image/webp, image/bmp)"
@@ -117,7 +119,7 @@ async def image_list(request: Request, settings: SettingsDep) -> list[bytes]:
     """Up to ACCSMOOTH_MAX_BATCH images as repeated multipart `image` fields."""
     media = _media_type(request)
     if media != MULTIPART:
-        raise _unsupported(media)
+        raise _unsupported(media, raw_allowed=False)
     uploads = await _uploads(request, settings)
     if len(uploads) > settings.max_batch:
         raise TooManyImages(

@@ -6,8 +6,6 @@ content type (see `server.deps.image_bytes`). Parameters are query parameters.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -61,22 +59,8 @@ async def certify_batch(
     calibrated: Calibrated = True, resize: Resize = False,
 ) -> list[SurrogateCertificate]:  # fmt: skip
     """Certify up to ACCSMOOTH_MAX_BATCH images (repeated multipart `image` fields), in order."""
-    started = time.perf_counter()
-    return list(
-        await asyncio.gather(
-            *(
-                pipeline.certify_surrogate(
-                    model,
-                    data,
-                    calibrated=calibrated,
-                    resize=resize,
-                    max_pixels=settings.max_image_pixels,
-                    endpoint="/certify/batch",
-                    started=started,
-                )  # fmt: skip
-                for data in images
-            )
-        )
+    return await pipeline.certify_many(
+        model, images, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels
     )
 
 

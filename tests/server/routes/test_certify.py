@@ -90,6 +90,21 @@ def test_batch_answers_each_image_in_order(client):
     assert labels == ["cat", "dog", None, "cat", "dog"]
 
 
+def test_a_bad_image_in_a_batch_is_named_by_its_position(client):
+    files = [
+        ("image", ("a.png", solid(230))),
+        ("image", ("b.png", b"")),
+        ("image", ("c.png", solid(9))),
+    ]
+    response = client.post("/certify/batch", files=files)
+    assert_error(response, 400, "empty_body", "image 2 of 3: the image is empty")
+
+
+def test_batch_takes_multipart_only(client):
+    response = post_image(client, solid(230), "/certify/batch")
+    assert_error(response, 415, "unsupported_media_type", "multipart/form-data with file fields")
+
+
 def test_batch_refuses_more_than_max_batch_images(models_dir, start_client):
     client = start_client(models_dir, max_batch=2)
     files = [("image", (f"{i}.png", solid(230))) for i in range(3)]
