@@ -36,11 +36,10 @@ def sample_counts(
     images = images[None] if single else images
     m = len(images)
     counts = np.zeros((m, num_classes), dtype=np.int64)
-    owner = np.repeat(np.arange(m), num)  # draw j belongs to image owner[j]
-    total = m * num
+    total = m * num  # draw j belongs to image j // num
     buffer = np.empty((min(batch_size, total), *images.shape[1:]), dtype=np.float32)
     for start in range(0, total, len(buffer)):
-        who = owner[start : start + len(buffer)]
+        who = np.arange(start, min(start + len(buffer), total)) // num
         batch = buffer[: len(who)]
         rng.standard_normal(out=batch, dtype=np.float32)
         batch *= np.float32(sigma)
