@@ -30,7 +30,7 @@ from loadtests import bare
 from loadtests.audits import AuditStreams, audit, certify_latency, peak_rss_during
 from loadtests.images import load_images
 from loadtests.machine import machine_facts
-from loadtests.serve import REPO, ServerProcess
+from loadtests.serve import REPO, ServerProcess, single_bundle_dir
 from loadtests.table import goals_table, print_table
 from server.bundle import read_manifest
 from server.settings import Settings
@@ -191,6 +191,9 @@ def main(argv=None) -> None:
             "sha256": dict(manifest.sha256),
         },
     }
+    keys = ("max_batch", "max_queue_delay_ms", "max_queue", "intra_op_threads",
+            "sampled_concurrency", "sampled_threads", "sampled_batch_size")  # fmt: skip
+    report["server_settings"] = {"workers": 1} | {k: getattr(settings, k) for k in keys}
     t_start = time.perf_counter()
     print("bare onnxruntime ...", flush=True)
     bare_seconds = 0.5 if args.quick else 2.0
@@ -199,7 +202,8 @@ def main(argv=None) -> None:
         bundle, settings, settings.sampled_batch_size, bare_seconds
     )
     image = load_images(limit=1, png_every=1)[0]
-    with ServerProcess(args.models_dir, log_path="/tmp/accsmooth-bench.log") as server:
+    models_dir = single_bundle_dir(bundle)  # the server holds this bundle only
+    with ServerProcess(models_dir, log_path="/tmp/accsmooth-bench.log") as server:
         report["server"] = {"rss_mib_after_start": round(server.rss_mb(), 1)}
         print("/certify over HTTP ...", flush=True)
         report["http_certify"] = http_section(server, clients, args.seconds, args.warmup)
@@ -210,7 +214,7 @@ def main(argv=None) -> None:
     n_audit = max(1000, int(single * 3.0))  # about 3 s per audit when alone
     print("fast path under concurrent audits ...", flush=True)
     report["audit_interference"] = interference_section(
-        args.models_dir,
+        models_dir,
         (0, 1, 2, 4),
         (1, 16),
         args.seconds,

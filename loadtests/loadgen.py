@@ -104,15 +104,20 @@ class Results:
     errors: Counter = field(default_factory=Counter)
     fail_latencies: list[float] = field(default_factory=list)  # non-200 answers
     timeline: dict[int, Counter] = field(default_factory=dict)
+    phases: dict[int, dict] = field(default_factory=dict)  # open loop: per arrival phase
 
-    def record(self, t_start: float, t_end: float, outcome: str, latency_kind: str | None):
+    def record(self, t_start, t_end, outcome: str, latency_kind: str | None, phase=None):
         second = int(t_end - self.started)
         self.timeline.setdefault(second, Counter())[outcome] += 1
         if latency_kind == "good":
             self.latencies.append(t_end - t_start)
-            self.timeline[second]["lat_sum"] += t_end - t_start
         elif latency_kind == "fail":
             self.fail_latencies.append(t_end - t_start)
+        if phase is not None:
+            p = self.phases.setdefault(phase, {"outcomes": Counter(), "good": [], "fail": []})
+            p["outcomes"][outcome] += 1
+            if latency_kind:
+                p[latency_kind].append(t_end - t_start)
 
 
 async def _open(host: str, port: int) -> Connection:
@@ -121,14 +126,21 @@ async def _open(host: str, port: int) -> Connection:
     return protocol
 
 
-async def _one(conn: Connection, raw: bytes, t_start: float, res: Results, measure: bool) -> bool:
+async def _one(
+    conn: Connection,
+    raw: bytes,
+    t_start: float,
+    res: Results,
+    measure: bool,
+    phase: int | None = None,
+) -> bool:
     """Send one request; record it; False when the connection must not be reused."""
     try:
         status, body, keep = await conn.request(raw)
     except (OSError, ValueError) as exc:
         if measure:
             res.errors[type(exc).__name__] += 1
-            res.record(t_start, time.perf_counter(), "error", None)
+            res.record(t_start, time.perf_counter(), "error", None, phase)
         return False
     if measure:
         t_end = time.perf_counter()
@@ -136,7 +148,8 @@ async def _one(conn: Connection, raw: bytes, t_start: float, res: Results, measu
         good = status == 200 and GOOD_MARK in body
         if status == 200 and not good:
             res.errors["bad_body"] += 1
-        res.record(t_start, t_end, "ok" if good else str(status), "good" if good else "fail")
+        outcome = "ok" if good else str(status)
+        res.record(t_start, t_end, outcome, "good" if good else "fail", phase)
     return keep and not conn.closed
 
 
@@ -176,7 +189,7 @@ async def open_loop(host, port, requests, phases, max_connections, timeout) -> R
     opened = 0
     tasks = set()
 
-    async def arrival(raw: bytes, planned: float):
+    async def arrival(raw: bytes, planned: float, phase: int):
         nonlocal opened
         conn = None
         while idle and conn is None:
@@ -185,7 +198,7 @@ async def open_loop(host, port, requests, phases, max_connections, timeout) -> R
         if conn is None:
             if opened >= max_connections:
                 res.errors["client_max_connections"] += 1
-                res.record(planned, time.perf_counter(), "client_dropped", None)
+                res.record(planned, time.perf_counter(), "client_dropped", None, phase)
                 return
             opened += 1
             try:
@@ -193,13 +206,13 @@ async def open_loop(host, port, requests, phases, max_connections, timeout) -> R
             except (OSError, TimeoutError) as exc:
                 opened -= 1
                 res.errors[f"connect:{type(exc).__name__}"] += 1
-                res.record(planned, time.perf_counter(), "refused", None)
+                res.record(planned, time.perf_counter(), "refused", None, phase)
                 return
         try:
-            reuse = await asyncio.wait_for(_one(conn, raw, planned, res, True), timeout)
+            reuse = await asyncio.wait_for(_one(conn, raw, planned, res, True, phase), timeout)
         except TimeoutError:
             res.errors["timeout"] += 1
-            res.record(planned, time.perf_counter(), "timeout", None)
+            res.record(planned, time.perf_counter(), "timeout", None, phase)
             reuse = False
         if reuse:
             idle.append(conn)
@@ -209,14 +222,14 @@ async def open_loop(host, port, requests, phases, max_connections, timeout) -> R
 
     t = res.started
     i = 0
-    for rate, seconds in phases:
+    for phase, (rate, seconds) in enumerate(phases):
         end = t + seconds
         step = 1.0 / rate
         while t < end:
             delay = t - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(arrival(requests[i % len(requests)], t))
+            task = asyncio.create_task(arrival(requests[i % len(requests)], t, phase))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             i += 1
@@ -251,9 +264,15 @@ def report(res: Results, measured_seconds: float, cpu_seconds: float) -> dict:
         "client_cpu_percent_of_one_core": round(100.0 * cpu_seconds / measured_seconds, 1),
     }
     if res.timeline:
-        out["timeline"] = [
-            {"second": s, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()}}
-            for s, c in sorted(res.timeline.items())
+        out["timeline"] = [{"second": s, **c} for s, c in sorted(res.timeline.items())]
+    if res.phases:
+        out["phases"] = [
+            {
+                "outcomes": dict(p["outcomes"]),
+                "good_latency_ms": {k: _round(v) for k, v in percentiles_ms(p["good"]).items()},
+                "failed_latency_ms": {k: _round(v) for k, v in percentiles_ms(p["fail"]).items()},
+            }
+            for _, p in sorted(res.phases.items())
         ]
     return out
 

@@ -45,6 +45,14 @@ def _status(url: str) -> int | None:
         return None
 
 
+def single_bundle_dir(bundle: Path) -> Path:
+    """A fresh temporary models folder that holds only `bundle` (as a symlink), so a server
+    started on it loads, warms up and holds in memory that bundle alone."""
+    folder = Path(tempfile.mkdtemp(prefix="accsmooth-models-"))
+    (folder / bundle.name).symlink_to(bundle.resolve(), target_is_directory=True)
+    return folder
+
+
 class ServerProcess:
     """A `python -m server` subprocess on a free port; a context manager."""
 
