@@ -3,9 +3,12 @@
 `BodyLimit` answers 413 from the `Content-Length` header before reading a byte, and counts
 the bytes of bodies streamed without one (chunked uploads): past the limit the next read
 raises `BodyTooLarge`, which the error table turns into 413, so no body is ever held whole
-beyond `ACCSMOOTH_MAX_BODY_BYTES`. `HttpMetrics` counts answers by endpoint and status and
-keeps the in-flight gauge; endpoints are a fixed set of labels, so clients cannot grow the
-metric's cardinality with made-up paths.
+beyond `ACCSMOOTH_MAX_BODY_BYTES`. `AdmissionLimit` answers 503 at once to fast-path requests
+beyond `ACCSMOOTH_MAX_IN_FLIGHT` in flight: the micro-batcher's queue only bounds the images
+that reached the model, while under overload the backlog builds up before it, in the event
+loop (parsing, decoding), where nothing else would bound it. `HttpMetrics` counts answers by
+endpoint and status and keeps the in-flight gauge; endpoints are a fixed set of labels, so
+clients cannot grow the metric's cardinality with made-up paths.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import metrics
-from server.errors import STATUS, BodyTooLarge, error_body
+from server.errors import STATUS, BodyTooLarge, Overloaded, error_body
 
 ENDPOINTS = frozenset(
     {
@@ -72,6 +75,42 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class AdmissionLimit:
+    """503 `overloaded` (Retry-After: 1) for /certify and /certify/batch requests beyond
+    `limit` in flight, answered before the body is read: shedding must cost much less than
+    serving, or an overloaded server spends all its time saying no."""
+
+    PATHS = frozenset({"/certify", "/certify/batch"})
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0  # touched on the event loop only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            metrics.REJECTED.labels(scope["path"], "too_many_in_flight").inc()
+            error = Overloaded(
+                f"{self.in_flight} fast-path requests in flight (ACCSMOOTH_MAX_IN_FLIGHT="
+                f"{self.limit}); retry shortly"
+            )
+            response = JSONResponse(
+                error_body(error.code, error.detail),
+                status_code=STATUS[Overloaded],
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class HttpMetrics:
