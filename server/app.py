@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from server import metrics
 from server.audit import AuditPool
 from server.errors import AccsmoothError, error_body, status_of
-from server.middleware import BodyLimit, HttpMetrics
+from server.middleware import AdmissionLimit, BodyLimit, HttpMetrics
 from server.registry import ModelRegistry
 from server.routes import certify, health, models
 from server.settings import Settings
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (certify.router, models.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionLimit, limit=settings.max_in_flight)
     app.add_middleware(HttpMetrics)  # added last = outermost: counts the 413s too
     return app
 

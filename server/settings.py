@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         1.0, ge=0.0, le=100.0, description="extra wait for stragglers once batches form (ms)"
     )
     max_queue: int = Field(512, ge=1, description="images waiting for the surrogate; 503 beyond")
+    max_in_flight: int = Field(
+        256, ge=1, description="/certify and /certify/batch requests in progress; 503 beyond"
+    )
 
     # Audit path (/certify/sampled)
     max_samples: int = Field(100_000, ge=1, description="cap on n (and n0) per audit")
