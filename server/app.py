@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 async def lifespan(app: FastAPI):
     registry: ModelRegistry = app.state.registry
     settings: Settings = app.state.settings
-    app.state.audits = AuditPool(settings.sampled_concurrency, settings.sampled_queue)
+    app.state.audits = AuditPool(
+        settings.sampled_concurrency, settings.sampled_queue, settings.sampled_nice
+    )
     loading = asyncio.create_task(registry.load(), name="load-bundles")
     app.state.loading = loading
     try:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     sampled_concurrency: int = Field(1, ge=1, le=64, description="audits computed at once")
     sampled_queue: int = Field(4, ge=0, description="audits waiting for a worker; 429 beyond")
     sampled_threads: int = Field(1, ge=0, description="onnxruntime threads per audit session")
+    sampled_nice: int = Field(
+        10, ge=0, le=19, description="niceness added to audit threads (0: none), so /certify wins"
+    )
     sampled_batch_size: int = Field(256, ge=1, description="default noisy copies per forward pass")
     max_sampled_batch_size: int = Field(4096, ge=1, description="cap on the batch_size query")
 
