@@ -9,7 +9,7 @@ session (see `server.registry`), so it competes with /certify for at most those 
 runs on a worker thread niced by `ACCSMOOTH_SAMPLED_NICE`: on Linux niceness is per thread,
 and with one onnxruntime thread per audit session (the default) the whole audit, noise and
 model, runs on that thread, so the scheduler gives a waking /certify thread the core at once.
-Measured in `loadtests/README.md`: without it, audits doubled the fast path's p99.
+`make bench` measures the fast path's p99 with and without it (`loadtests/README.md`).
 """
 
 from __future__ import annotations
