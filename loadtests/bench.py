@@ -12,7 +12,8 @@ Sections, in order (each a key of the JSON report, `loadtests/results/bench.json
    samples/s against the bare base-model rate, peak server RSS against an n = 1,000 audit, and
    the speed-up of /certify over the n = 100,000 audit on the same image;
 4. the fast path's p99 while 0, 1, 2 and 4 audits compute at once (a second server with
-   ACCSMOOTH_SAMPLED_CONCURRENCY=4, so they really run together, not queued).
+   ACCSMOOTH_SAMPLED_CONCURRENCY=4, so they really run together, not queued), once with the
+   audit threads at normal priority (ACCSMOOTH_SAMPLED_NICE=0) and once as configured.
 A table of the figures and their goals is printed at the end.
 """
 
@@ -122,12 +123,12 @@ def audit_section(server: ServerProcess, image, ns, n0: int, bare_base: dict) ->
     return out
 
 
-def interference_section(models_dir, audits, clients, seconds, warmup, n_audit, n0) -> dict:
+def interference_section(models_dir, audits, clients, seconds, warmup, n_audit, n0, env) -> dict:
     """Fast-path latency while k audits compute at once (k in `audits`), on a server that runs
-    up to max(audits) audits in parallel."""
-    env = {"ACCSMOOTH_SAMPLED_CONCURRENCY": str(max(audits))}
+    up to max(audits) audits in parallel, with `env` on top."""
+    env = {"ACCSMOOTH_SAMPLED_CONCURRENCY": str(max(audits))} | env
     image = load_images(limit=1, png_every=1)[0]
-    out = {"server_env": env, "n_per_audit": n_audit, "rows": []}
+    out = {"server_env": env, "n_per_audit": n_audit, "rows": [], "audits_completed": {}}
     with ServerProcess(models_dir, env=env, log_path="/tmp/accsmooth-bench-audits.log") as server:
         audit(server.url, image, n0=n0, n=1000)
         for k in audits:
@@ -135,22 +136,17 @@ def interference_section(models_dir, audits, clients, seconds, warmup, n_audit, 
                 streams.wait_running(server.url, k)
                 for c in clients:
                     row = measured_load(server, c, seconds, warmup)
-                    row = {
-                        "audits": k,
-                        "clients": c,
-                        "rate_per_s": row["rate_per_s"],
-                        "latency_ms": row["latency_ms"],
-                        "statuses": row["statuses"],
-                        "server_cpu_percent_of_one_core": row["server_cpu_percent_of_one_core"],
-                    }
-                    print(
-                        f"  {k} audits, {c} clients: {row['rate_per_s']:.0f}/s,"
-                        f" {row['latency_ms']}",
-                        flush=True,
+                    keep = (
+                        "rate_per_s",
+                        "latency_ms",
+                        "statuses",
+                        "server_cpu_percent_of_one_core",
                     )
+                    row = {"audits": k, "clients": c} | {key: row[key] for key in keep}
+                    print(f"  {k} audits, {c} clients: {row['rate_per_s']:.0f}/s,"
+                          f" {row['latency_ms']}", flush=True)  # fmt: skip
                     out["rows"].append(row)
-                row_audits = streams.finished
-            out.setdefault("audits_completed", {})[str(k)] = row_audits
+            out["audits_completed"][str(k)] = streams.finished
     idle = {r["clients"]: r["latency_ms"]["p99"] for r in out["rows"] if r["audits"] == 0}
     for r in out["rows"]:
         r["p99_over_idle"] = round(r["latency_ms"]["p99"] / idle[r["clients"]], 2)
@@ -212,16 +208,14 @@ def main(argv=None) -> None:
         report["monte_carlo"] = audit_section(server, image, ns, manifest.protocol.n0, base)
     single = report["monte_carlo"]["runs"][-1]["samples_per_s_compute"]
     n_audit = max(1000, int(single * 3.0))  # about 3 s per audit when alone
-    print("fast path under concurrent audits ...", flush=True)
-    report["audit_interference"] = interference_section(
-        models_dir,
-        (0, 1, 2, 4),
-        (1, 16),
-        args.seconds,
-        args.warmup,
-        n_audit,
-        manifest.protocol.n0,
+    setup = (models_dir, (0, 1, 2, 4), (1, 16), args.seconds, args.warmup, n_audit,
+             manifest.protocol.n0)  # fmt: skip
+    print("fast path under concurrent audits, audit threads not niced ...", flush=True)
+    report["audit_interference_without_nice"] = interference_section(
+        *setup, {"ACCSMOOTH_SAMPLED_NICE": "0"}
     )
+    print("fast path under concurrent audits, default settings ...", flush=True)
+    report["audit_interference"] = interference_section(*setup, {})
     report["run_seconds"] = round(time.perf_counter() - t_start, 1)
     report["goals"] = goals_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,15 +109,20 @@ def print_table(r: dict) -> None:
             f" {run['samples_per_s_compute']:>10,.0f}"
             f" {run['fraction_of_bare_audit_threads']:>8.1%} {run['peak_server_rss_mib']:>13.1f}"
         )
-    print(
-        f"\n{'audits':>6} {'clients':>7} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'p99/idle':>8}"
-    )
-    for row in r["audit_interference"]["rows"]:
-        lat = row["latency_ms"]
+    for key in ("audit_interference_without_nice", "audit_interference"):
+        if key not in r:
+            continue
+        print(f"\n{key}: {r[key]['server_env']}")
         print(
-            f"{row['audits']:>6} {row['clients']:>7} {row['rate_per_s']:>8,.0f} {lat['p50']:>8.2f}"
-            f" {lat['p99']:>8.2f} {row['p99_over_idle']:>8.2f}"
+            f"{'audits':>6} {'clients':>7} {'rate/s':>8} {'p50 ms':>8} {'p99 ms':>8}"
+            f" {'p99/idle':>8}"
         )
+        for row in r[key]["rows"]:
+            lat = row["latency_ms"]
+            print(
+                f"{row['audits']:>6} {row['clients']:>7} {row['rate_per_s']:>8,.0f}"
+                f" {lat['p50']:>8.2f} {lat['p99']:>8.2f} {row['p99_over_idle']:>8.2f}"
+            )
     print(f"\n{'goal':<58} {'value':>10} {'target':>12}  met")
     for g in r["goals"]:
         print(
