@@ -20,11 +20,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import uuid
+from pathlib import Path
 
 from locust import FastHttpUser, constant, constant_throughput, task
 
-from loadtests.images import LoadImage, load_images
+# `locust -f loadtests/locustfile.py` puts loadtests/ on the path, not the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from loadtests.images import LoadImage, load_images  # noqa: E402
 
 IMAGES: list[LoadImage] = load_images(limit=int(os.environ.get("ACCSMOOTH_LOAD_LIMIT", 500)))
 USER_RATE = float(os.environ.get("ACCSMOOTH_LOAD_USER_RATE", 0))
