@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -216,6 +217,7 @@ def main(argv=None) -> None:
     )
     print("fast path under concurrent audits, default settings ...", flush=True)
     report["audit_interference"] = interference_section(*setup, {})
+    shutil.rmtree(models_dir, ignore_errors=True)  # only the symlink: the bundle stays
     report["run_seconds"] = round(time.perf_counter() - t_start, 1)
     report["goals"] = goals_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
