@@ -26,6 +26,7 @@ from pathlib import Path
 from loadtests.serve import REPO, ServerProcess
 
 RESULTS = REPO / "loadtests" / "results"
+BENCH = RESULTS / "bench.json"
 
 
 def read_stats(path: Path) -> dict[str, dict[str, str]]:
@@ -112,6 +113,7 @@ def summarize(args, stats: dict, memory: MemoryWatch, server_rss_start: float | 
         "name": args.name,
         "users": args.users,
         "user_rate_per_s": args.user_rate,
+        "capacity_fraction": args.capacity_fraction,
         "run_time": args.run_time,
         "thresholds": {"max_fail_ratio": args.max_fail_ratio, "max_p95_ms": args.max_p95_ms},
         "failure_ratio": ratio,
@@ -141,10 +143,21 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="requests/s per fast-path user (0: back to back)",
     )
+    parser.add_argument(
+        "--capacity-fraction", type=float,
+        help="set --user-rate so the users offer this fraction of the /certify capacity"
+        " measured by `make bench` (results/bench.json)",
+    )  # fmt: skip
     parser.add_argument("--max-fail-ratio", type=float, default=0.001)
     parser.add_argument("--max-p95-ms", type=float, default=100.0)
     args = parser.parse_args(argv)
 
+    if args.capacity_fraction:
+        capacity = max(r["rate_per_s"] for r in json.loads(BENCH.read_text())["http_certify"])
+        # every user but the audit user offers user_rate images/s (batch users in batches)
+        args.user_rate = round(args.capacity_fraction * capacity / (args.users - 1), 2)
+        print(f"capacity {capacity:.0f}/s x {args.capacity_fraction}: {args.users - 1} users"
+              f" at {args.user_rate}/s each")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / args.name
     env = os.environ | {"ACCSMOOTH_LOAD_USER_RATE": str(args.user_rate), "PYTHONPATH": str(REPO)}

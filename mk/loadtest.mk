@@ -15,7 +15,7 @@ LOAD_TIME ?= 60s
 LOAD_MAX_FAIL_RATIO ?= 0.001
 LOAD_MAX_P95_MS ?= 50
 SOAK_USERS ?= 32
-SOAK_USER_RATE ?= 25
+SOAK_FRACTION ?= 0.7
 SOAK_TIME ?= 10m
 OVERLOAD_FACTOR ?= 4
 BENCH_ARGS ?=
@@ -37,7 +37,7 @@ bench: $(BIN)/locust
 
 soak: $(BIN)/locust
 	$(BIN)/python -m loadtests.run_locust --name soak --models-dir $(LOAD_MODELS_DIR) \
-		--users $(SOAK_USERS) --user-rate $(SOAK_USER_RATE) --run-time $(SOAK_TIME) \
+		--users $(SOAK_USERS) --capacity-fraction $(SOAK_FRACTION) --run-time $(SOAK_TIME) \
 		--max-fail-ratio 0 --max-p95-ms $(LOAD_MAX_P95_MS)
 
 overload: $(BIN)/locust
