@@ -121,7 +121,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         "protocol": {"n0": b.n0, "n": b.n, "alpha": b.alpha},
         "calibration": {
             k: calibration[k]
-            for k in ("method", "epsilon", "shift", "set_size", "empirical_violation_rate")
+            for k in ("method", "scale", "epsilon", "shift", "set_size", "empirical_violation_rate")
         },
         "graphs": graphs,
         "exporter": {"config": cfg.to_dict(), "code_revision": code_revision()},

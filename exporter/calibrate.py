@@ -60,6 +60,7 @@ def run(cfg: Config, work: Path) -> Path:
     shift = fit_conformal_shift(scores, c.epsilon)
     result = {
         "method": "split-conformal",
+        "scale": "normal_quantile",  # served Phi^-1(pABar) = raw - shift: radius - sigma * shift
         "epsilon": c.epsilon,
         "shift": shift,
         "set_size": int(len(scores)),

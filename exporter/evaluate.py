@@ -26,7 +26,7 @@ from exporter.certify_images import certify_all
 from exporter.config import Config
 from exporter.report import write_markdown, write_plot
 from server.runtime import OnnxPredictor, make_session
-from server.smoothing import certify_from_probabilities, radius_from_p_lower
+from server.smoothing import apply_shift, certify_from_probabilities, radius_from_p_lower
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     served_class, p_raw = served_raw(probs, b.n, b.alpha)
     methods = {"monte_carlo": (mc.predicted, mc.radius)}
     for name, q in (("surrogate_raw", 0.0), ("surrogate_calibrated", shift)):
-        p = p_raw - q
+        p = apply_shift(p_raw, q)
         methods[name] = (
             np.where(p > 0.5, served_class, -1),
             np.asarray(radius_from_p_lower(p, b.sigma)),

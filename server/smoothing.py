@@ -15,8 +15,8 @@ input space, pixels in [0, 1], because normalization is the first layer of every
 Accelerated Smoothing (Bhardwaj, Kaushik & Gupta 2024) replaces the two sampling steps by a
 surrogate network that predicts the class-frequency vector counts / n directly; the served
 certificate then applies the same LOWERCONFBOUND to the predicted count round(pA * n), minus a
-conformal calibration shift (`fit_conformal_shift`) that bounds how often the served radius
-exceeds the Monte-Carlo one.
+conformal calibration shift (`fit_conformal_shift`, on the normal-quantile scale) that bounds
+how often the served radius exceeds the Monte-Carlo one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import betaincinv, ndtri
+from scipy.special import betaincinv, ndtr, ndtri
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,20 @@ def certify_from_counts(counts0, counts, alpha: float, sigma: float) -> Certific
 def surrogate_p_lower(p_a, n: int, alpha: float, shift: float = 0.0):
     """The bound CERTIFY would compute if it had observed the frequency `p_a` over `n` samples.
 
-    The surrogate's pA stands for nA / n, so nA = round(pA * n); `shift` is the conformal
-    calibration shift subtracted in probability space (0 for the raw rule of the paper).
+    The surrogate's pA stands for nA / n, so nA = round(pA * n). `shift` is the conformal
+    calibration shift q (0 for the raw rule of the paper), subtracted on the normal-quantile
+    scale: Phi^-1(pABar_served) = Phi^-1(pABar_raw) - q, so the served radius is exactly the raw
+    radius minus sigma * q. Why that scale and not pABar itself: surrogate errors in pA are
+    largest mid-range and tiny near 1, where the radius is most sensitive to pA; one shift in
+    probability units would either over-cut small radii or under-cut large ones.
     """
     n_a = np.rint(np.clip(np.asarray(p_a, dtype=np.float64), 0.0, 1.0) * n)
-    return clopper_pearson_lower(n_a, n, alpha) - shift
+    return apply_shift(clopper_pearson_lower(n_a, n, alpha), shift)
+
+
+def apply_shift(p_a_lower, shift: float):
+    """Phi(Phi^-1(pABar) - shift): lowers the radius sigma * Phi^-1(pABar) by sigma * shift."""
+    return p_a_lower if shift == 0 else ndtr(ndtri(p_a_lower) - shift)
 
 
 def certify_from_probabilities(
@@ -107,20 +116,21 @@ def certify_from_probabilities(
 
 
 def overestimation_scores(served_class, served_p_lower_raw, mc_class, mc_p_lower):
-    """Conformal scores s_i: the served certificate over-claims iff p_lower_raw - q > s_i's base.
+    """Conformal scores s_i: the served certificate with shift q over-claims iff s_i > q.
 
-    A served certificate with shift q violates the Monte-Carlo one when its radius is larger, or
-    when it names another class with a positive radius. Because the radius is increasing in
-    pABar, both reduce to one threshold: violation iff p_raw - q > max(1/2, p_mc), where p_mc
-    counts only when the classes agree (an MC abstention or another class leaves 1/2, the point
-    where the served radius becomes positive). So s_i = p_raw_i - max(1/2, p_mc_i if same class).
-    `mc_class` uses -1 for an abstention.
+    A served certificate violates the Monte-Carlo one when its radius is larger, or when it
+    names another class with a positive radius. The radius is increasing in pABar, so both
+    reduce to one threshold on the normal-quantile scale of `surrogate_p_lower`:
+    violation iff Phi^-1(p_raw) - q > Phi^-1(max(1/2, p_mc)), where p_mc counts only when the
+    classes agree (an MC abstention or another class leaves 1/2, where the served radius becomes
+    positive). So s_i = Phi^-1(p_raw_i) - Phi^-1(max(1/2, p_mc_i if same class)), i.e. the
+    radius over-claim in units of sigma. `mc_class` uses -1 for an abstention.
     """
     served_class = np.asarray(served_class)
     mc_class = np.asarray(mc_class)
     same = (served_class == mc_class) & (mc_class >= 0)
     floor = np.where(same, np.maximum(0.5, np.asarray(mc_p_lower, dtype=np.float64)), 0.5)
-    return np.asarray(served_p_lower_raw, dtype=np.float64) - floor
+    return ndtri(np.asarray(served_p_lower_raw, dtype=np.float64)) - ndtri(floor)
 
 
 def fit_conformal_shift(scores, epsilon: float) -> float:
@@ -136,3 +146,28 @@ def fit_conformal_shift(scores, epsilon: float) -> float:
     if rank > m:
         return math.inf
     return max(0.0, float(scores[rank - 1]))
+
+
+def hybrid_route(p_a, p_a_lower, margin: float):
+    """Which method answers /certify?mode=hybrid, from the surrogate's output alone.
+
+    `p_a` is the surrogate's predicted frequency of its top class, `p_a_lower` the served
+    (calibrated) bound computed from it, `margin` in [0, 1/2):
+
+      "clear_certify"  p_a_lower >= 1/2 + margin: the served certificate stands, far enough
+                       above CERTIFY's abstention threshold that a small error in p_a cannot
+                       flip it;
+      "clear_abstain"  p_a <= 1/2 - margin: the surrogate sees no majority at all; a Monte-Carlo
+                       run with fewer samples than the protocol would abstain as well;
+      "boundary"       otherwise: Monte-Carlo CERTIFY on the base model answers.
+
+    Works on scalars (returns a str) and arrays (returns an array of str).
+    """
+    p_a = np.asarray(p_a, dtype=np.float64)
+    p_a_lower = np.asarray(p_a_lower, dtype=np.float64)
+    route = np.where(
+        p_a_lower >= 0.5 + margin,
+        "clear_certify",
+        np.where(p_a <= 0.5 - margin, "clear_abstain", "boundary"),
+    )
+    return str(route) if route.ndim == 0 else route

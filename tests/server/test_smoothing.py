@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import ndtri
 from scipy.stats import binom, norm
 
 from server.smoothing import (
@@ -88,8 +89,9 @@ def test_calibration_shift_lowers_the_served_bound_exactly():
         certify_from_probabilities([[0.95, 0.05]], 10_000, 0.001, 0.25, shift)[0]
         for shift in (0.0, 0.03)
     )
-    assert shifted.p_a_lower == pytest.approx(raw.p_a_lower - 0.03)
-    assert shifted.radius < raw.radius
+    # the shift is on the normal-quantile scale: the radius drops by exactly sigma * shift
+    assert ndtri(shifted.p_a_lower) == pytest.approx(ndtri(raw.p_a_lower) - 0.03)
+    assert shifted.radius == pytest.approx(raw.radius - 0.25 * 0.03)
 
 
 def test_served_certificate_abstains_on_a_uniform_surrogate():
