@@ -7,6 +7,7 @@ chunks of `CHUNK` images to `<out_dir>/chunk_XXXXX.npz`; a rerun skips finished 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -53,11 +54,12 @@ def certify_all(
         "sigma": bundle.sigma,
         "seed": seed,
         "images": len(images_uint8),
+        "base_sha256": hashlib.sha256(Path(base_onnx).read_bytes()).hexdigest(),  # same model
     }
     stamp = out_dir / "protocol.json"
     if stamp.exists() and json.loads(stamp.read_text()) != protocol:
         raise ValueError(
-            f"{out_dir}: holds results of another protocol {stamp.read_text()}; "
+            f"{out_dir}: holds results of another protocol or base model {stamp.read_text()}; "
             "delete the folder to recompute"
         )
     stamp.write_text(json.dumps(protocol))

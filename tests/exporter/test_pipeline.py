@@ -79,3 +79,15 @@ def test_output_folder_holding_another_bundle_is_refused(smoke_run, tmp_path):
     with pytest.raises(BundleExistsError, match="holds bundle 'smoke'"):
         other = dataclasses.replace(cfg, bundle=dataclasses.replace(cfg.bundle, name="other"))
         pipeline.run(other, work, out, ["export"])
+
+
+def test_cached_monte_carlo_results_of_another_base_model_are_refused(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    from exporter import data
+    from exporter.certify_images import certify_all
+
+    images = data.load(work).eval.images[:2]
+    kwargs = dict(batch_size=64, seed=0, out_dir=tmp_path / "mc", desc="mc")
+    certify_all(work / "base.onnx", images, cfg.bundle, **kwargs)
+    with pytest.raises(ValueError, match="another protocol or base model"):
+        certify_all(work / "surrogate.onnx", images, cfg.bundle, **kwargs)
