@@ -13,6 +13,7 @@ that variable is set.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import shutil
 import tempfile
@@ -50,6 +51,25 @@ def prepare_multiprocess_dir(workers: int) -> str | None:
     return folder
 
 
+# uvicorn's supervisor pings every worker and replaces one that has not answered within
+# `timeout_worker_healthcheck` seconds, 5 by default. A worker that imports onnxruntime and
+# loads its bundles on a busy or CPU-throttled host (a container with --cpus=1) can take longer
+# than that to answer its first ping, and is then killed and respawned for ever. A minute is
+# enough to start and still replaces a hung worker. uvicorn has the option from 0.37 on.
+WORKER_HEALTHCHECK_SECONDS = 60
+
+
+def supervisor_options(config_parameters=None) -> dict:
+    """Options for uvicorn's multi-worker supervisor that this uvicorn version supports."""
+    if config_parameters is None:
+        import uvicorn
+
+        config_parameters = inspect.signature(uvicorn.Config).parameters
+    if "timeout_worker_healthcheck" in config_parameters:
+        return {"timeout_worker_healthcheck": WORKER_HEALTHCHECK_SECONDS}
+    return {}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.models_dir is not None:
@@ -70,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             log_level=os.environ.get("ACCSMOOTH_LOG_LEVEL", "info"),
             access_log=False,  # per-request log lines cost more than a fast request
+            **supervisor_options(),
         )
     finally:
         if created:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
@@ -13,7 +14,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.__main__ import parse_args, prepare_multiprocess_dir
+from server.__main__ import (
+    WORKER_HEALTHCHECK_SECONDS,
+    main,
+    parse_args,
+    prepare_multiprocess_dir,
+    supervisor_options,
+)
 from tests.server.helpers import solid
 
 
@@ -114,3 +121,24 @@ def test_several_workers_get_a_fresh_metrics_folder(monkeypatch):
         assert Path(folder).is_dir() and not any(Path(folder).iterdir())
     finally:
         os.rmdir(folder)
+
+
+def test_workers_get_a_minute_to_answer_uvicorns_health_check(monkeypatch):
+    """uvicorn's default 5 s killed and respawned workers for ever on a busy host (found by
+    tests/docker's integration test with every process 8 s slower: 10 deaths a minute)."""
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    main(["--port", str(free_port())])
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+        assert seen["timeout_worker_healthcheck"] == WORKER_HEALTHCHECK_SECONDS >= 30
+    else:  # uvicorn < 0.37 has no such option (and a fixed 5 s): pass nothing it would refuse
+        assert "timeout_worker_healthcheck" not in seen
+
+
+def test_supervisor_options_leave_out_what_uvicorn_does_not_know():
+    assert supervisor_options({"host": None}) == {}
+    assert supervisor_options({"timeout_worker_healthcheck": None}) == {
+        "timeout_worker_healthcheck": WORKER_HEALTHCHECK_SECONDS
+    }
