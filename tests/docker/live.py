@@ -103,7 +103,7 @@ def _run(cmd: list[str], env: dict, log: Path, url: str, ready: str, timeout: fl
 
 @contextlib.contextmanager
 def live_server(
-    models_dir: Path, log: Path, *, workers: int = 1, env: dict | None = None, timeout=60.0
+    models_dir: Path, log: Path, *, workers: int = 1, env: dict | None = None, timeout=120.0
 ) -> Iterator[Process]:
     """`python -m server` on `models_dir`, ready (every bundle warmed up) when entered."""
     port = free_port()

@@ -8,6 +8,7 @@ without error, and evaluate every rule without error.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,27 +77,50 @@ def wait_for(prometheus: str, expr: str, timeout: float = 30.0) -> list:
     raise AssertionError(f"Prometheus found nothing for {expr} in {timeout:.0f} s")
 
 
+_START_ERRORS: list[str] = []  # a failed start fails the other tests at once, not in 60 s each
+
+
+def scrape_config(tmp: Path, target: str) -> Path:
+    """The repository's prometheus.yml, scraping `target` every second with the real rules."""
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(DOCKER / "prometheus" / "rules" / "*.yml")]
+    job = config["scrape_configs"][0]
+    job |= {"scrape_timeout": "1s", "static_configs": [{"targets": [target]} | {
+        "labels": job["static_configs"][0]["labels"]}]}  # fmt: skip
+    config["scrape_configs"] = [job]
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    return tmp / "prometheus.yml"
+
+
+def serve_some_traffic(url: str) -> None:
+    """4 /certify, one batch of 5, one small audit."""
+    for rgb in ((250, 250, 250), (10, 10, 10), (128, 128, 128), (200, 30, 30)):
+        post(url + "/certify", png(rgb), "image/png")
+    body, content_type = multipart([png((i * 40, 90, 200 - i * 40)) for i in range(5)])
+    post(url + "/certify/batch", body, content_type)
+    post(url + "/certify/sampled?n=500&n0=50&seed=1", png((250, 250, 250)), "image/png")
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """(server, prometheus) with some traffic already served."""
+    if _START_ERRORS:
+        pytest.fail(f"the stack did not start: {_START_ERRORS[0]}", pytrace=False)
     tmp = tmp_path_factory.mktemp("stack")
-    write_placeholder(tmp / "models")
-    with live_server(tmp / "models", tmp / "server.log", workers=2) as server:
-        host_port = server.url.removeprefix("http://")
-        config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
-        config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        config["rule_files"] = [str(DOCKER / "prometheus" / "rules" / "*.yml")]
-        config["scrape_configs"][0]["static_configs"][0]["targets"] = [host_port]
-        config["scrape_configs"] = config["scrape_configs"][:1]
-        config["scrape_configs"][0]["scrape_timeout"] = "1s"
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        for rgb in ((250, 250, 250), (10, 10, 10), (128, 128, 128), (200, 30, 30)):
-            post(server.url + "/certify", png(rgb), "image/png")
-        body, content_type = multipart([png((i * 40, 90, 200 - i * 40)) for i in range(5)])
-        post(server.url + "/certify/batch", body, content_type)
-        post(server.url + "/certify/sampled?n=500&n0=50&seed=1", png((250, 250, 250)), "image/png")
-        with live_prometheus(tmp / "prometheus.yml", tmp / "tsdb", tmp / "prom.log") as prom:
-            yield server, prom
+    with contextlib.ExitStack() as started:
+        try:
+            write_placeholder(tmp / "models")
+            server = started.enter_context(
+                live_server(tmp / "models", tmp / "server.log", workers=2)
+            )
+            serve_some_traffic(server.url)
+            config = scrape_config(tmp, server.url.removeprefix("http://"))
+            prom = started.enter_context(live_prometheus(config, tmp / "tsdb", tmp / "prom.log"))
+        except Exception as error:
+            _START_ERRORS.append(f"{type(error).__name__}: {str(error)[:2000]}")
+            raise
+        yield server, prom
 
 
 def test_prometheus_scrapes_the_server(stack):
