@@ -3,8 +3,9 @@
     uvicorn --factory server.app:app_from_env --port 8000     # settings from ACCSMOOTH_*
     python -m server --port 8000 --workers 2                   # the same, with multiprocess metrics
 
-Startup (lifespan): the audit pool is created and bundles load in the background, so /livez
-answers at once and /readyz turns 200 when every bundle is warmed up. Every domain error is
+Startup (lifespan): the audit pool, the shadow auditor and the hybrid fallback pool are
+created and bundles load in the background, so /livez answers at once and /readyz turns 200
+when every bundle is warmed up. Every domain error is
 answered by one handler, through the status table in `server.errors`.
 """
 
@@ -23,10 +24,12 @@ from starlette.exceptions import HTTPException
 from server import metrics
 from server.audit import AuditPool
 from server.errors import AccsmoothError, error_body, status_of
+from server.hybrid import HybridRunner
 from server.middleware import AdmissionLimit, BodyLimit, HttpMetrics
 from server.registry import ModelRegistry
-from server.routes import certify, health, models
+from server.routes import audits, certify, health, models, web
 from server.settings import Settings
+from server.shadow import ShadowAuditor
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ async def lifespan(app: FastAPI):
     app.state.audits = AuditPool(
         settings.sampled_concurrency, settings.sampled_queue, settings.sampled_nice
     )
+    app.state.shadow = ShadowAuditor(settings)
+    app.state.hybrid = HybridRunner(settings.hybrid_concurrency, settings.hybrid_queue)
     loading = asyncio.create_task(registry.load(), name="load-bundles")
     app.state.loading = loading
     try:
@@ -47,6 +52,8 @@ async def lifespan(app: FastAPI):
         await asyncio.gather(loading, return_exceptions=True)
         await registry.close()
         app.state.audits.shutdown()
+        app.state.shadow.shutdown()
+        app.state.hybrid.shutdown()
         metrics.mark_worker_dead(os.getpid())
 
 
@@ -97,8 +104,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.registry = ModelRegistry(settings)
     install_error_handlers(app)
-    for router in (certify.router, models.router, health.router):
+    for router in (certify.router, models.router, audits.router, health.router, web.router):
         app.include_router(router)
+    web.mount_static(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionLimit, limit=settings.max_in_flight)
     app.add_middleware(HttpMetrics)  # added last = outermost: counts the 413s too

@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: settings, registry, audit pool, the chosen model, the image bytes.
+"""Typed FastAPI dependencies: settings, registry, audit pools, the chosen model, the image bytes.
 
 Routes declare what they need as `Annotated` aliases (`RegistryDep`, `ModelDep`, ...) and stay
 a few lines long. Everything here raises domain errors from `server.errors`, never HTTP ones.
@@ -22,8 +22,10 @@ from server.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from server.hybrid import HybridRunner
 from server.registry import LoadedModel, ModelRegistry
 from server.settings import Settings
+from server.shadow import ShadowAuditor
 
 MULTIPART = "multipart/form-data"
 
@@ -40,9 +42,19 @@ async def get_audits(request: Request) -> AuditPool:
     return request.app.state.audits
 
 
+async def get_shadow(request: Request) -> ShadowAuditor:
+    return request.app.state.shadow
+
+
+async def get_hybrid(request: Request) -> HybridRunner:
+    return request.app.state.hybrid
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 AuditsDep = Annotated[AuditPool, Depends(get_audits)]
+ShadowDep = Annotated[ShadowAuditor, Depends(get_shadow)]
+HybridDep = Annotated[HybridRunner, Depends(get_hybrid)]
 
 
 async def get_model(
@@ -67,6 +79,11 @@ def _check_key(request: Request, settings: Settings, what: str) -> None:
 async def require_key_for_sampled(request: Request, settings: SettingsDep) -> None:
     """/certify/sampled is the expensive path: it needs the key whenever one is set."""
     _check_key(request, settings, "/certify/sampled")
+
+
+async def require_key_for_audits(request: Request, settings: SettingsDep) -> None:
+    """GET /audits shows what other clients sent (hashes, classes): same key as the audits."""
+    _check_key(request, settings, "/audits")
 
 
 async def require_key_for_certify(request: Request, settings: SettingsDep) -> None:

@@ -6,8 +6,9 @@ in per-process files, and `render()` merges them, so a scrape sees the whole ser
 worker answers it. Gauges therefore name how they merge (`multiprocess_mode`).
 
 Labels: `endpoint` is the route (`/certify`, `/certify/batch`, `/certify/sampled`, ...),
-`model` the bundle name, `source` who asked for an audit (`request`; shadow audits may add
-their own). Stages: request = whole handler, queue = waiting for the model, compute = model.
+`model` the bundle name, `source` who asked for an audit (`request`: /certify/sampled;
+`shadow`: a sampled /certify answer re-certified in the background, see `server.shadow`).
+Stages: request = whole handler, queue = waiting for the model, compute = model.
 """
 
 from __future__ import annotations
@@ -112,6 +113,46 @@ AUDIT_OVERESTIMATED = Counter(
     f"{PREFIX}_audit_overestimated",
     "Audits where the served surrogate certificate claims more than Monte-Carlo",
     ["model", "source"],
+)
+GAP_BUCKETS = (-1.0, -0.5, -0.25, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+AUDIT_RADIUS_GAP = Histogram(
+    f"{PREFIX}_audit_radius_gap",
+    "Served surrogate radius minus the Monte-Carlo radius, per audit ([0,1] pixel units)",
+    ["model", "source"],
+    buckets=GAP_BUCKETS,
+)
+SHADOW_DROPPED = Counter(
+    f"{PREFIX}_shadow_audits_dropped",
+    "/certify answers chosen for a shadow audit but dropped: the shadow queue was full",
+    ["model"],
+)
+SHADOW_QUEUE_DEPTH = Gauge(
+    f"{PREFIX}_shadow_queue_depth",
+    "Shadow audits running or waiting",
+    multiprocess_mode="livesum",
+)
+OVERESTIMATION_RATE = Gauge(
+    f"{PREFIX}_overestimation_rate",
+    "Over-estimation rate over the last ACCSMOOTH_DRIFT_WINDOW shadow audits",
+    ["model"],
+    multiprocess_mode="livemax",
+)
+DRIFT_WINDOW_AUDITS = Gauge(
+    f"{PREFIX}_drift_window_audits",
+    "Shadow audits in the drift window (at most ACCSMOOTH_DRIFT_WINDOW)",
+    ["model"],
+    multiprocess_mode="livemin",
+)
+DRIFTING = Gauge(
+    f"{PREFIX}_model_drifting",
+    "1 when the window's over-estimation rate exceeds the bundle's epsilon significantly",
+    ["model"],
+    multiprocess_mode="livemax",
+)
+HYBRID_ANSWERS = Counter(
+    f"{PREFIX}_hybrid_answers",
+    "mode=hybrid answers by the method that answered and the routing reason",
+    ["model", "method", "reason"],
 )
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",

@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server import metrics
 from server.audit import AuditPool, monte_carlo
@@ -22,6 +23,9 @@ from server.imaging import DecodedImage, decode_image
 from server.registry import LoadedModel
 from server.schemas import Agreement, SampledCertificate, SurrogateCertificate
 from server.smoothing import Certificate
+
+if TYPE_CHECKING:
+    from server.shadow import ShadowAuditor
 
 INLINE_DECODE_BYTES = 64 << 10  # larger uploads are decoded on a thread, off the event loop
 
@@ -54,7 +58,9 @@ def _radius_space(model: LoadedModel, image: DecodedImage) -> str:
     return space
 
 
-def _record(endpoint: str, model: str, method: str, cert: Certificate, seconds: float) -> None:
+def record_certificate(
+    endpoint: str, model: str, method: str, cert: Certificate, seconds: float
+) -> None:
     metrics.REQUEST_SECONDS.labels(endpoint, model).observe(seconds)
     metrics.CERTIFICATES.labels(endpoint, model, method).inc()
     if cert.abstained:
@@ -72,13 +78,17 @@ async def certify_surrogate(
     max_pixels: int,
     endpoint: str = "/certify",
     started: float | None = None,
+    shadow: ShadowAuditor | None = None,
 ) -> SurrogateCertificate:
-    """One image's surrogate certificate (the fast path)."""
+    """One image's surrogate certificate (the fast path); `shadow` may pick it for an audit."""
     started = started or time.perf_counter()
     image = await decode(model, data, resize=resize, max_pixels=max_pixels)
-    return await certify_decoded(
+    served = await certify_decoded(
         model, image, calibrated=calibrated, endpoint=endpoint, started=started
     )
+    if shadow is not None:
+        shadow.offer(model, image.array, data, served)  # never blocks; see server.shadow
+    return served
 
 
 async def certify_many(
@@ -115,7 +125,7 @@ async def certify_decoded(
     p_a, cert = await model.batcher.submit(image.array, shift, endpoint)
     seconds = time.perf_counter() - started
     if record:
-        _record(endpoint, model.name, "surrogate", cert, seconds)
+        record_certificate(endpoint, model.name, "surrogate", cert, seconds)
     return SurrogateCertificate(
         model=model.name,
         model_version=m.version,
@@ -177,11 +187,12 @@ async def certify_sampled(
     seconds = time.perf_counter() - started
     metrics.QUEUE_SECONDS.labels(endpoint, model.name).observe(queued)
     metrics.COMPUTE_SECONDS.labels(endpoint, model.name).observe(compute)
-    _record(endpoint, model.name, "monte_carlo", cert, seconds)
+    record_certificate(endpoint, model.name, "monte_carlo", cert, seconds)
     agree = agreement(served, cert)
     metrics.AUDITS.labels(model.name, source).inc()
     metrics.AUDIT_SAME_CLASS.labels(model.name, source).inc(agree.same_class)
     metrics.AUDIT_OVERESTIMATED.labels(model.name, source).inc(agree.overestimated)
+    metrics.AUDIT_RADIUS_GAP.labels(model.name, source).observe(agree.radius_gap)
     return SampledCertificate(
         model=model.name,
         model_version=m.version,

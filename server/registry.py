@@ -23,6 +23,7 @@ from server.batcher import MicroBatcher
 from server.bundle import Manifest, check_graph, read_manifest, verify_files
 from server.errors import BundleError, ModelNotFound, ModelNotReady
 from server.runtime import OnnxPredictor, make_session
+from server.sampling import measure_throughput
 from server.settings import Settings
 from server.smoothing import Certificate, certify_from_probabilities
 
@@ -43,6 +44,7 @@ class LoadedModel:
     surrogate: OnnxPredictor | None = None
     base: OnnxPredictor | None = None
     batcher: MicroBatcher | None = field(default=None, repr=False)
+    base_samples_per_second: float = 0.0  # measured at warm-up; sizes hybrid fallbacks
 
     def certify_batch(self, images: np.ndarray, shifts: list[float]) -> list[tuple]:
         """Surrogate certificates for a batch: (p_a, Certificate) per image, per its shift."""
@@ -80,6 +82,10 @@ def _load(folder: Path, settings: Settings) -> LoadedModel:
         check_graph(session, manifest, kind)
         setattr(model, kind, OnnxPredictor(session))
     _warm_up(model, settings.max_batch)
+    model.base_samples_per_second = measure_throughput(
+        model.base, manifest.input.shape, sigma=manifest.sigma,
+        num_classes=manifest.num_classes, batch_size=settings.sampled_batch_size,
+    )  # fmt: skip
     return model
 
 

@@ -7,6 +7,7 @@ reused buffer, so memory is flat in n: n = 100,000 costs the same memory as n = 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,3 +75,27 @@ def certify(
     counts0 = sample_counts(predict, image, n0, sigma, num_classes, batch_size, rng)
     counts = sample_counts(predict, image, n, sigma, num_classes, batch_size, rng)
     return MonteCarloResult(certify_from_counts(counts0, counts, alpha, sigma), counts0, counts)
+
+
+def measure_throughput(
+    predict: Predict,
+    shape: tuple[int, ...],
+    *,
+    sigma: float,
+    num_classes: int,
+    batch_size: int,
+    seconds: float = 0.1,
+    max_batches: int = 10,
+) -> float:
+    """Noisy samples per second of SAMPLEUNDERNOISE (noise, forward pass, counting) on this
+    machine: one warm batch, then batches until `seconds` (at least two, at most `max_batches`)."""
+    image = np.full(shape, 0.5, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    sample_counts(predict, image, batch_size, sigma, num_classes, batch_size, rng)
+    done, started = 0, time.perf_counter()
+    while done < 2 * batch_size or (
+        time.perf_counter() - started < seconds and done < max_batches * batch_size
+    ):
+        sample_counts(predict, image, batch_size, sigma, num_classes, batch_size, rng)
+        done += batch_size
+    return done / max(time.perf_counter() - started, 1e-9)

@@ -66,6 +66,80 @@ class SampledCertificate(BaseModel):
     agreement: Agreement
 
 
+class HybridCertificate(SurrogateCertificate):
+    """/certify?mode=hybrid: the surrogate's answer when clear of the boundary, else CERTIFY's."""
+
+    method: Literal["surrogate", "monte_carlo"]
+    mode: Literal["hybrid"] = "hybrid"
+    reason: Literal["clear_certify", "clear_abstain", "boundary"] = Field(
+        description="why this method answered (see server.smoothing.hybrid_route)"
+    )
+    surrogate_p_a_lower: float = Field(description="the surrogate's calibrated bound (routing)")
+    n0: int | None = Field(None, description="Monte-Carlo selection samples (null: surrogate)")
+    n: int | None = Field(None, description="Monte-Carlo estimation samples (null: surrogate)")
+    alpha: float | None = None
+    seed: int | None = None
+
+
+class MonteCarloSummary(BaseModel):
+    predicted_class: int | None
+    label: str | None
+    abstained: bool
+    certified_radius: float
+    p_a_lower: float
+    counts: list[int]
+    n0: int
+    n: int
+    alpha: float
+    seed: int
+    seconds: float = Field(description="compute time of the audit")
+
+
+class AuditRecord(BaseModel):
+    """One shadow audit: a served /certify answer and Monte-Carlo's verdict on the same image."""
+
+    model: str
+    model_version: str
+    source: Literal["shadow"]
+    time: str = Field(description="when the audited answer was served (ISO 8601, UTC)")
+    image_sha256: str
+    surrogate: SurrogateCertificate
+    monte_carlo: MonteCarloSummary
+    agreement: Agreement
+
+
+class AuditList(BaseModel):
+    audits: list[AuditRecord] = Field(description="newest first")
+    done: int = Field(description="shadow audits finished by this worker")
+    dropped: int = Field(description="shadow audits dropped (queue full) by this worker")
+    pending: int = Field(description="shadow audits running or waiting now")
+
+
+class DriftStatus(BaseModel):
+    """The drift alarm of one bundle (server.drift): exact binomial test over the window."""
+
+    drifting: bool
+    audit_rate: float
+    window: int = Field(description="ACCSMOOTH_DRIFT_WINDOW: audits tested at most")
+    audits: int = Field(description="shadow audits in the window now")
+    overestimated: int
+    overestimation_rate: float | None
+    rate_lower: float = Field(description="one-sided (1 - level) Clopper-Pearson lower bound")
+    p_value: float = Field(description="P(Bin(audits, epsilon) >= overestimated)")
+    epsilon: float | None = Field(description="the bundle's promise; null: uncalibrated")
+    level: float
+
+
+class HybridPlan(BaseModel):
+    """How mode=hybrid falls back, measured at load."""
+
+    margin: float
+    budget_ms: float
+    samples_per_second: float = Field(description="base-model throughput measured at warm-up")
+    n0: int
+    n: int
+
+
 class ModelSummary(BaseModel):
     name: str
     version: str
@@ -86,6 +160,8 @@ class ModelDetail(ModelSummary):
     calibration: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     exporter: dict[str, Any] | None = None
+    drift: DriftStatus | None = None
+    hybrid: HybridPlan | None = None
 
 
 class ModelList(BaseModel):

@@ -52,6 +52,28 @@ class Settings(BaseSettings):
     sampled_batch_size: int = Field(256, ge=1, description="default noisy copies per forward pass")
     max_sampled_batch_size: int = Field(4096, ge=1, description="cap on the batch_size query")
 
+    # Shadow audits and drift alarm (server.shadow)
+    audit_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="fraction of /certify answers re-certified by Monte-Carlo"
+    )
+    audit_queue: int = Field(8, ge=1, description="shadow audits running or waiting; drop beyond")
+    audit_nice: int = Field(10, ge=0, le=19, description="niceness added to the shadow thread")
+    audit_recent: int = Field(256, ge=1, le=100_000, description="results kept for GET /audits")
+    drift_window: int = Field(200, ge=1, description="last W shadow audits tested for drift")
+    drift_level: float = Field(
+        0.01, gt=0.0, lt=0.5, description="significance of the one-sided binomial drift test"
+    )
+
+    # Hybrid certification (/certify?mode=hybrid, server.hybrid)
+    hybrid_margin: float = Field(
+        0.05, ge=0.0, lt=0.5, description="surrogate answers when its bound is this far from 1/2"
+    )
+    hybrid_budget_ms: float = Field(
+        100.0, gt=0.0, le=600_000.0, description="Monte-Carlo fallback time budget per image (ms)"
+    )
+    hybrid_concurrency: int = Field(1, ge=1, le=64, description="fallbacks computed at once")
+    hybrid_queue: int = Field(8, ge=0, description="fallbacks waiting; 503 beyond")
+
     # Input limits
     max_body_bytes: int = Field(8 << 20, ge=1024, description="request body limit (bytes); 413")
     max_image_pixels: int = Field(

@@ -6,23 +6,25 @@ content type (see `server.deps.image_bytes`). Parameters are query parameters.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 
-from server import pipeline
+from server import hybrid, pipeline
 from server.deps import (
     AuditsDep,
+    HybridDep,
     ImageDep,
     ImagesDep,
     ModelDep,
     SettingsDep,
+    ShadowDep,
     check_samples,
     require_key_for_certify,
     require_key_for_sampled,
 )
 from server.openapi import BATCH_BODY, ERRORS, IMAGE_BODY
-from server.schemas import SampledCertificate, SurrogateCertificate
+from server.schemas import HybridCertificate, SampledCertificate, SurrogateCertificate
 
 router = APIRouter(tags=["certify"], responses=ERRORS)
 
@@ -32,6 +34,10 @@ Calibrated = Annotated[
 Resize = Annotated[
     bool, Query(description="resize other sizes to the model's; the radius is then in that space")
 ]
+Mode = Annotated[
+    Literal["surrogate", "hybrid"],
+    Query(description="hybrid: Monte-Carlo answers when the surrogate is near the boundary"),
+]
 
 
 @router.post(
@@ -40,13 +46,19 @@ Resize = Annotated[
     openapi_extra=IMAGE_BODY,
 )
 async def certify(
-    model: ModelDep, data: ImageDep, settings: SettingsDep,
-    calibrated: Calibrated = True, resize: Resize = False,
-) -> SurrogateCertificate:  # fmt: skip
-    """Certify one image with the surrogate: class and certified L2 radius in one forward pass."""
+    model: ModelDep, data: ImageDep, settings: SettingsDep, shadow: ShadowDep, runner: HybridDep,
+    calibrated: Calibrated = True, resize: Resize = False, mode: Mode = "surrogate",
+) -> HybridCertificate | SurrogateCertificate:  # fmt: skip
+    """Certify one image with the surrogate: class and certified L2 radius in one forward pass
+    (mode=hybrid: Monte-Carlo answers instead when the surrogate is near the boundary)."""
+    if mode == "hybrid":
+        return await hybrid.certify_hybrid(
+            model, runner, data, settings, calibrated=calibrated, resize=resize, shadow=shadow
+        )
     return await pipeline.certify_surrogate(
-        model, data, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels
-    )
+        model, data, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels,
+        shadow=shadow,
+    )  # fmt: skip
 
 
 @router.post(

@@ -1,11 +1,12 @@
-"""GET /models and /models/{name}: what each bundle is and how it is served."""
+"""GET /models and /models/{name}: what each bundle is, how it is served, whether it drifts."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.deps import RegistryDep
+from server.deps import RegistryDep, SettingsDep, ShadowDep
 from server.errors import ModelNotFound
+from server.hybrid import plan_for
 from server.openapi import ERRORS
 from server.registry import LoadedModel
 from server.schemas import ModelDetail, ModelList, ModelSummary
@@ -43,7 +44,9 @@ async def list_models(registry: RegistryDep) -> ModelList:
 
 
 @router.get("/models/{name}")
-async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
+async def get_model(
+    name: str, registry: RegistryDep, shadow: ShadowDep, settings: SettingsDep
+) -> ModelDetail:
     """One bundle: manifest facts (protocol, calibration, evaluation) and the provider in use."""
     model = registry.models.get(name)
     if model is None:
@@ -60,4 +63,6 @@ async def get_model(name: str, registry: RegistryDep) -> ModelDetail:
         calibration=m.calibration.model_dump() if m.calibration else None,
         evaluation=m.evaluation,
         exporter=m.exporter,
+        drift=shadow.drift_status(model) if model.status == "ready" else None,
+        hybrid=plan_for(model, settings) if model.status == "ready" else None,
     )

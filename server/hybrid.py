@@ -1,0 +1,137 @@
+"""Hybrid certification: /certify?mode=hybrid answers with the surrogate when its certificate is
+clear of the decision boundary, and with Monte-Carlo CERTIFY on the base model when it is not.
+
+    curl -s -X POST 'localhost:8000/certify?mode=hybrid' -F image=@cat.png
+
+The routing rule is `server.smoothing.hybrid_route` (margin `ACCSMOOTH_HYBRID_MARGIN`), the
+same function the exporter's hybrid evaluation uses. The fallback runs CERTIFY with the bundle's
+alpha and a smaller sample size chosen to fit `ACCSMOOTH_HYBRID_BUDGET_MS`:
+
+    total = budget * (base-model samples/s measured at warm-up) * SAFETY
+    n0 = min(protocol n0, max(MIN_N0, total // 20)),  n = min(protocol n, max(MIN_N, total - n0))
+
+A Monte-Carlo answer is Cohen et al.'s certificate at that n (valid with probability 1 - alpha,
+no calibration involved); its largest certifiable radius is sigma * Phi^-1(alpha^(1/n)).
+Fallbacks run on their own small thread pool (`ACCSMOOTH_HYBRID_CONCURRENCY`, at most
+`ACCSMOOTH_HYBRID_QUEUE` waiting, 503 beyond), on the base model's low-thread session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from server import metrics, pipeline
+from server.audit import monte_carlo
+from server.errors import Overloaded
+from server.registry import LoadedModel
+from server.schemas import HybridCertificate, HybridPlan
+from server.settings import Settings
+from server.smoothing import Certificate, hybrid_route
+
+SAFETY = 0.8  # keep a fifth of the budget for queueing, the surrogate pass and the answer
+MIN_N0, MIN_N = 10, 100  # below these CERTIFY cannot certify anything at usual alphas
+
+
+def plan_for(model: LoadedModel, settings: Settings) -> HybridPlan:
+    """The fallback's (n0, n) for this bundle, from its measured base-model throughput."""
+    protocol = model.manifest.protocol
+    total = int(settings.hybrid_budget_ms / 1000.0 * model.base_samples_per_second * SAFETY)
+    n0 = min(protocol.n0, max(MIN_N0, total // 20))
+    n = min(protocol.n, max(MIN_N, total - n0))
+    return HybridPlan(
+        margin=settings.hybrid_margin,
+        budget_ms=settings.hybrid_budget_ms,
+        samples_per_second=model.base_samples_per_second,
+        n0=n0,
+        n=n,
+    )
+
+
+class HybridRunner:
+    """A bounded thread pool for fallbacks: Overloaded (503) instead of an unbounded queue."""
+
+    def __init__(self, concurrency: int, queue_size: int):
+        self.capacity = concurrency + queue_size
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="hybrid")
+        self._admitted = 0  # event loop only
+
+    async def run(self, fn):
+        if self._admitted >= self.capacity:
+            metrics.REJECTED.labels("/certify", "hybrid_queue_full").inc()
+            raise Overloaded(
+                f"{self._admitted} hybrid Monte-Carlo fallbacks running or queued"
+                " (ACCSMOOTH_HYBRID_CONCURRENCY + ACCSMOOTH_HYBRID_QUEUE); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        self._admitted += 1
+        future = self._executor.submit(fn)  # the slot is freed when the work ends, not the wait
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(future)
+
+    def _release(self) -> None:
+        self._admitted -= 1
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def certify_hybrid(
+    model: LoadedModel,
+    runner: HybridRunner,
+    data: bytes,
+    settings: Settings,
+    *,
+    calibrated: bool,
+    resize: bool,
+    shadow=None,
+) -> HybridCertificate:
+    """The surrogate certificate if `hybrid_route` calls it clear, else CERTIFY at the plan's n."""
+    started = time.perf_counter()
+    image = await pipeline.decode(model, data, resize=resize, max_pixels=settings.max_image_pixels)
+    served = await pipeline.certify_decoded(
+        model, image, calibrated=calibrated, endpoint="/certify", started=started, record=False
+    )
+    reason = hybrid_route(served.p_a, served.p_a_lower, settings.hybrid_margin)
+    if reason != "boundary":
+        cert = Certificate(
+            served.predicted_class, served.abstained, served.certified_radius, served.p_a_lower
+        )
+        pipeline.record_certificate(
+            "/certify", model.name, "surrogate", cert, time.perf_counter() - started
+        )
+        metrics.HYBRID_ANSWERS.labels(model.name, "surrogate", reason).inc()
+        if shadow is not None:
+            shadow.offer(model, image.array, data, served)
+        return HybridCertificate(
+            **served.model_dump(exclude={"method"}), method="surrogate", reason=reason,
+            surrogate_p_a_lower=served.p_a_lower,
+        )  # fmt: skip
+    plan = plan_for(model, settings)
+    alpha, seed = model.manifest.protocol.alpha, secrets.randbits(63)
+    result = await runner.run(
+        lambda: monte_carlo(
+            model,
+            image.array,
+            n0=plan.n0,
+            n=plan.n,
+            alpha=alpha,
+            batch_size=min(settings.sampled_batch_size, plan.n),
+            seed=seed,
+        )  # fmt: skip
+    )
+    cert = result.certificate
+    seconds = time.perf_counter() - started
+    pipeline.record_certificate("/certify", model.name, "monte_carlo", cert, seconds)
+    metrics.HYBRID_ANSWERS.labels(model.name, "monte_carlo", reason).inc()
+    fields = served.model_dump(exclude={"method", "predicted_class", "label", "abstained"})
+    fields |= {"certified_radius": cert.radius, "p_a_lower": cert.p_a_lower}
+    fields |= {"latency_ms": seconds * 1000.0}
+    return HybridCertificate(
+        **fields, method="monte_carlo", reason=reason, surrogate_p_a_lower=served.p_a_lower,
+        predicted_class=cert.predicted_class, abstained=cert.abstained,
+        label=None if cert.abstained else model.manifest.classes[cert.predicted_class],
+        n0=plan.n0, n=plan.n, alpha=alpha, seed=seed,
+    )  # fmt: skip
