@@ -22,7 +22,7 @@ from server.errors import STATUS, BodyTooLarge, Overloaded, error_body
 ENDPOINTS = frozenset(
     {
         "/certify", "/certify/batch", "/certify/sampled", "/livez", "/readyz", "/models",
-        "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/",
+        "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/", "/audits",
     }
 )  # fmt: skip
 
