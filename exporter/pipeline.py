@@ -1,6 +1,7 @@
 """The stage order and the runner behind `python -m exporter run`.
 
     data -> train-base -> targets -> train-surrogate -> calibrate -> export -> evaluate
+    -> hybrid (adds /certify?mode=hybrid's figures to the report)
 
 Work artifacts (data.npz, base.pt, targets/, surrogate.pt, calib_mc/, calibration.json,
 eval_mc/, *.onnx) live in the work folder (default `work/<bundle name>`, git-ignored); only the
@@ -15,7 +16,16 @@ import logging
 import time
 from pathlib import Path
 
-from exporter import bundle, calibrate, data, evaluate, targets, train_base, train_surrogate
+from exporter import (
+    bundle,
+    calibrate,
+    data,
+    evaluate,
+    hybrid,
+    targets,
+    train_base,
+    train_surrogate,
+)
 from exporter.config import Config
 
 log = logging.getLogger(__name__)
@@ -28,6 +38,7 @@ STAGES = {
     "calibrate": lambda cfg, work, out: calibrate.run(cfg, work),
     "export": lambda cfg, work, out: bundle.run(cfg, work, out),
     "evaluate": lambda cfg, work, out: evaluate.run(cfg, work, out),
+    "hybrid": lambda cfg, work, out: hybrid.run(out, work),
 }
 
 

@@ -27,20 +27,18 @@ from server import metrics, pipeline
 from server.audit import monte_carlo
 from server.errors import Overloaded
 from server.registry import LoadedModel
+from server.sampling import fallback_samples
 from server.schemas import HybridCertificate, HybridPlan
 from server.settings import Settings
 from server.smoothing import Certificate, hybrid_route
-
-SAFETY = 0.8  # keep a fifth of the budget for queueing, the surrogate pass and the answer
-MIN_N0, MIN_N = 10, 100  # below these CERTIFY cannot certify anything at usual alphas
 
 
 def plan_for(model: LoadedModel, settings: Settings) -> HybridPlan:
     """The fallback's (n0, n) for this bundle, from its measured base-model throughput."""
     protocol = model.manifest.protocol
-    total = int(settings.hybrid_budget_ms / 1000.0 * model.base_samples_per_second * SAFETY)
-    n0 = min(protocol.n0, max(MIN_N0, total // 20))
-    n = min(protocol.n, max(MIN_N, total - n0))
+    n0, n = fallback_samples(
+        settings.hybrid_budget_ms, model.base_samples_per_second, protocol.n0, protocol.n
+    )
     return HybridPlan(
         margin=settings.hybrid_margin,
         budget_ms=settings.hybrid_budget_ms,

@@ -99,3 +99,16 @@ def measure_throughput(
         sample_counts(predict, image, batch_size, sigma, num_classes, batch_size, rng)
         done += batch_size
     return done / max(time.perf_counter() - started, 1e-9)
+
+
+SAFETY = 0.8  # keep a fifth of the budget for queueing, the surrogate pass and the answer
+MIN_N0, MIN_N = 10, 100  # below these CERTIFY cannot certify anything at usual alphas
+
+
+def fallback_samples(
+    budget_ms: float, samples_per_second: float, protocol_n0: int, protocol_n: int
+) -> tuple[int, int]:
+    """(n0, n) of a fallback CERTIFY that fits `budget_ms` at `samples_per_second`."""
+    total = int(budget_ms / 1000.0 * samples_per_second * SAFETY)
+    n0 = min(protocol_n0, max(MIN_N0, total // 20))
+    return n0, min(protocol_n, max(MIN_N, total - n0))

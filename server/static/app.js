@@ -108,7 +108,7 @@ function drawRadius(radius, sigma) {
     stroke: "#2f6fde" }));
   svg.append(el("circle", { cx: 70, cy: 70, r: 2.5, fill: "#1d2430" }));
   svg.append(el("text", { x: 70, y: 143, "text-anchor": "middle", "font-size": 11 },
-    "ball of radius R vs sigma (dashed)"));
+    "R (filled) vs σ (dashed)"));
   const x0 = 150, width = 195, top = 50;
   const max = Math.max(4 * sigma, radius * 1.1);
   const x = (v) => x0 + (v / max) * width;
@@ -138,7 +138,8 @@ async function audit() {
     const g = a.agreement;
     const verdict = g.overestimated ? "surrogate OVER-ESTIMATES" : "surrogate within Monte-Carlo";
     $("audit-agreement").innerHTML = `<span class="${g.overestimated ? "warn" : "good"}">` +
-      `${g.same_class ? "same class" : "different class"}, ${verdict}</span>` +
+      `${g.same_class ? "same class" : a.surrogate.abstained ? "surrogate abstained" : "different class"}` +
+      `, ${verdict}</span>` +
       ` (radius gap ${g.radius_gap >= 0 ? "+" : ""}${g.radius_gap.toFixed(3)})`;
     $("audit-latency").textContent = `${(a.latency_ms / 1000).toFixed(2)} s, ` +
       `${Math.round(a.samples_per_second).toLocaleString()} samples/s`;

@@ -1,0 +1,234 @@
+"""Stage 8, hybrid: how /certify?mode=hybrid does on the bundle's evaluation images.
+
+    python -m exporter.hybrid models/cifar10-sigma0.25 --work work/cifar10-sigma0.25
+    python -m exporter run --config ... --out models/x --stage hybrid      # the same, as a stage
+
+Runs after `evaluate` and reads, never writes, the work folder (data.npz for the evaluation
+images; eval_mc/ for the full-protocol Monte-Carlo results, when complete). For every image it
+applies the server's routing rule (`server.smoothing.hybrid_route`, margin `--margin`) to the
+surrogate's calibrated output; images on the boundary get a real CERTIFY on the base model with
+the (n0, n) the server would pick for `--budget-ms` (`server.sampling.fallback_samples`, from
+the base-model throughput measured here on one onnxruntime thread, like the server's audit
+session). It reports how often each method answers, the hybrid's certified accuracy at the
+report's radii (next to the surrogate's and Monte-Carlo's), its over-estimations against the
+full-protocol Monte-Carlo certificate, and per-image latency (in process, batch 1). Then it
+adds a `hybrid` section to report.json, report.md and the manifest's evaluation summary and
+rehashes the manifest; nothing else of the report is recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporter import data as data_stage
+from exporter.bundle import read_manifest, write_manifest
+from server.runtime import OnnxPredictor, RuntimeOptions, make_session
+from server.sampling import certify, fallback_samples, measure_throughput
+from server.smoothing import certify_from_counts, certify_from_probabilities, hybrid_route
+
+log = logging.getLogger(__name__)
+MARGIN = 0.05  # ACCSMOOTH_HYBRID_MARGIN's default
+BUDGET_MS = 100.0  # ACCSMOOTH_HYBRID_BUDGET_MS's default
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+SEED = 0
+MD_HEADING = "## Hybrid certification (mode=hybrid)"
+
+
+def full_protocol_mc(work: Path, m: int, alpha: float, sigma: float):
+    """(class or -1, radius) per image from eval_mc/ chunks, or None when they are incomplete."""
+    chunks = sorted((work / "eval_mc").glob("chunk_?????.npz"))
+    if not chunks:
+        return None
+    parts = [np.load(path) for path in chunks]
+    counts0 = np.concatenate([p["counts0"] for p in parts])
+    counts = np.concatenate([p["counts"] for p in parts])
+    if len(counts) != m:
+        return None
+    certs = [
+        certify_from_counts(c0, c, alpha, sigma) for c0, c in zip(counts0, counts, strict=True)
+    ]
+    pred = np.array([-1 if c.abstained else c.predicted_class for c in certs])
+    return pred, np.array([c.radius for c in certs])
+
+
+def percentiles(ms: np.ndarray) -> dict:
+    if len(ms) == 0:
+        return {"mean": None, "p50": None, "p95": None, "max": None}
+    return {
+        "mean": float(ms.mean()),
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "max": float(ms.max()),
+    }
+
+
+def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
+    """The hybrid section of the report (see the module docstring)."""
+    manifest = read_manifest(bundle)
+    sigma, proto = manifest["sigma"], manifest["protocol"]
+    n, alpha = proto["n"], proto["alpha"]
+    shift = (manifest.get("calibration") or {}).get("shift", 0.0)
+    ds = data_stage.load(work)
+    x, labels = data_stage.to_float(ds.eval.images), ds.eval.labels
+    one_thread = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)
+    surrogate = OnnxPredictor(make_session(bundle / manifest["graphs"]["surrogate"]["file"]))
+    base = OnnxPredictor(make_session(bundle / manifest["graphs"]["base"]["file"], one_thread))
+    k = len(manifest["classes"])
+    rate = measure_throughput(base, x.shape[1:], sigma=sigma, num_classes=k, batch_size=256)
+    n0_fb, n_fb = fallback_samples(budget_ms, rate, proto["n0"], n)
+    pred = np.full(len(x), -1)
+    radius = np.zeros(len(x))
+    routes, ms = [], np.zeros(len(x))
+    surrogate(x[:1])  # warm
+    for i in range(len(x)):
+        t0 = time.perf_counter()
+        probs = surrogate(x[i : i + 1])
+        served = certify_from_probabilities(probs, n, alpha, sigma, shift)[0]
+        route = hybrid_route(float(probs.max()), served.p_a_lower, margin)
+        if route == "boundary":
+            rng = np.random.default_rng([SEED, i])
+            served = certify(
+                base, x[i], sigma=sigma, num_classes=k, n0=n0_fb, n=n_fb, alpha=alpha,
+                batch_size=min(256, n_fb), rng=rng,
+            ).certificate  # fmt: skip
+        ms[i] = 1000.0 * (time.perf_counter() - t0)
+        routes.append(route)
+        if not served.abstained:
+            pred[i], radius[i] = served.predicted_class, served.radius
+    routes = np.array(routes)
+    mc_answered = routes == "boundary"
+    accuracy = {
+        f"{r:g}": float(np.mean((pred == labels) & (pred >= 0) & (radius >= r))) for r in RADII
+    }
+    section = {
+        "margin": margin,
+        "budget_ms": budget_ms,
+        "base_samples_per_second": rate,
+        "fallback_protocol": {"n0": n0_fb, "n": n_fb, "alpha": alpha},
+        "images": int(len(x)),
+        "answered_by": {
+            "surrogate": float(np.mean(~mc_answered)),
+            "surrogate_clear_certify": float(np.mean(routes == "clear_certify")),
+            "surrogate_clear_abstain": float(np.mean(routes == "clear_abstain")),
+            "monte_carlo": float(np.mean(mc_answered)),
+        },
+        "certified_accuracy": accuracy,
+        "certified_accuracy_stderr": {
+            r: float(np.sqrt(a * (1 - a) / len(x))) for r, a in accuracy.items()
+        },
+        "latency_ms": {
+            "all": percentiles(ms),
+            "surrogate": percentiles(ms[~mc_answered]),
+            "monte_carlo": percentiles(ms[mc_answered]),
+        },
+        "seed": SEED,
+    }
+    mc = full_protocol_mc(work, len(x), alpha, sigma)
+    if mc is not None:
+        same = pred == mc[0]
+        over = (same & (radius > mc[1] + 1e-12)) | (~same & (pred >= 0))
+        section["overestimation_rate_vs_monte_carlo"] = float(over.mean())
+    return section
+
+
+def write_markdown_section(path: Path, h: dict, report: dict) -> None:
+    """Append (or replace) the hybrid section of report.md."""
+    text = path.read_text() if path.exists() else ""
+    text = text.split(f"\n{MD_HEADING}")[0].rstrip("\n") + "\n"
+    radii = list(h["certified_accuracy"])
+    names = {
+        "monte_carlo": "Monte-Carlo (CERTIFY)",
+        "surrogate_calibrated": "Surrogate, calibrated",
+    }
+    rows = [
+        f"| {names[k]} | " + " | ".join(f"{100 * v[r]:.1f}%" for r in radii) + " |"
+        for k, v in report.get("certified_accuracy", {}).items()
+        if k in names
+    ]
+    a, lat, fb = h["answered_by"], h["latency_ms"], h["fallback_protocol"]
+    err = h["certified_accuracy_stderr"]
+    hybrid_row = " | ".join(
+        f"{100 * h['certified_accuracy'][r]:.1f}% ± {100 * err[r]:.1f}" for r in radii
+    )
+
+    def fmt(d):
+        return "n/a" if d["mean"] is None else f"{d['mean']:.2f} / {d['p50']:.2f} / {d['p95']:.2f}"
+
+    over = h.get("overestimation_rate_vs_monte_carlo")
+    lines = [
+        "",
+        MD_HEADING,
+        "",
+        f"The surrogate answers when its calibrated bound is >= 1/2 + {h['margin']} or its p_A "
+        f"<= 1/2 - {h['margin']}; otherwise CERTIFY on the base model answers with n0 = "
+        f"{fb['n0']}, n = {fb['n']:,} (alpha = {fb['alpha']}), the size that fits a "
+        f"{h['budget_ms']:g} ms budget at the {h['base_samples_per_second']:,.0f} noisy "
+        "samples/s measured on one onnxruntime thread.",
+        "",
+        f"Answered by the surrogate: {100 * a['surrogate']:.1f}% of {h['images']} images "
+        f"({100 * a['surrogate_clear_certify']:.1f}% clear certificates, "
+        f"{100 * a['surrogate_clear_abstain']:.1f}% clear abstentions); by Monte-Carlo: "
+        f"{100 * a['monte_carlo']:.1f}%."
+        + (
+            f" Over-estimations against the full-protocol CERTIFY: {100 * over:.1f}%."
+            if over is not None
+            else ""
+        ),
+        "",
+        "| method | " + " | ".join(f"r = {r}" for r in radii) + " |",
+        "|---|" + "---|" * len(radii),
+        *rows,
+        f"| Hybrid | {hybrid_row} |",
+        "",
+        "Latency per image, in process, batch 1 (mean / p50 / p95 ms): "
+        f"all {fmt(lat['all'])}; surrogate-answered {fmt(lat['surrogate'])}; "
+        f"Monte-Carlo-answered {fmt(lat['monte_carlo'])}.",
+        "",
+        f"Reproduce: `python -m exporter.hybrid {report.get('bundle', '<bundle>')} --work <work>`.",
+        "",
+    ]
+    path.write_text(text + "\n".join(lines))
+
+
+def run(bundle: Path, work: Path, margin: float = MARGIN, budget_ms: float = BUDGET_MS) -> Path:
+    """Evaluate the hybrid mode and add it to report.json, report.md and the manifest."""
+    section = evaluate(bundle, work, margin, budget_ms)
+    report_path = bundle / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["hybrid"] = section
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown_section(bundle / "report.md", section, report)
+    manifest = read_manifest(bundle)
+    manifest["evaluation"] = (manifest.get("evaluation") or {}) | {
+        "hybrid": {
+            "answered_by_surrogate": section["answered_by"]["surrogate"],
+            "certified_accuracy": section["certified_accuracy"],
+            "budget_ms": budget_ms,
+        }
+    }
+    write_manifest(bundle, manifest)
+    log.info("hybrid: %s", json.dumps(section["answered_by"]))
+    return report_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m exporter.hybrid", description=__doc__)
+    parser.add_argument("bundle", type=Path, help="bundle folder with report.json")
+    parser.add_argument("--work", type=Path, required=True, help="the bundle's work folder")
+    parser.add_argument("--margin", type=float, default=MARGIN)
+    parser.add_argument("--budget-ms", type=float, default=BUDGET_MS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run(args.bundle, args.work, args.margin, args.budget_ms)
+
+
+if __name__ == "__main__":
+    main()
