@@ -1,0 +1,70 @@
+"""The committed default bundle, models/cifar10-sigma0.25, served over HTTP on real test images.
+
+The images are CIFAR-10 test files (JPEG, as a user would send them) from the shared copy; the
+expected classes are their true labels. They were picked as images the evaluation certifies, so
+a regression in decoding, normalization, the served rule or the bundle shows up as a wrong class
+or an abstention here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from tests.server.helpers import settings_for, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "models" / "cifar10-sigma0.25"
+TEST_IMAGES = (ROOT / ".." / "shared" / "datasets" / "cifar10" / "test").resolve()
+CASES = ["airplane/0162", "automobile/0270", "bird/0378", "cat/0648", "frog/0270", "truck/0504"]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    if not TEST_IMAGES.is_dir():
+        pytest.skip(f"CIFAR-10 copy not found at {TEST_IMAGES}")
+    models = tmp_path_factory.mktemp("models")
+    (models / BUNDLE.name).symlink_to(BUNDLE)  # only the default bundle, whatever else is there
+    with TestClient(create_app(settings_for(models))) as c:
+        wait_ready(c)
+        yield c
+
+
+def _jpeg(case: str) -> bytes:
+    return (TEST_IMAGES / f"{case}.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_real_test_image_is_certified_with_its_true_class(client, case):
+    response = client.post("/certify", files={"image": ("x.jpg", _jpeg(case), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "cifar10-sigma0.25" and body["calibrated"] is True
+    assert body["abstained"] is False and body["label"] == case.split("/")[0]
+    assert 0 < body["certified_radius"] <= 0.25 * 3.3  # below sigma * Phi^-1(alpha^(1/n))
+
+
+def test_sampled_audit_agrees_with_the_fast_path_on_an_easy_image(client):
+    response = client.post(
+        "/certify/sampled",
+        params={"seed": 0},
+        files={"image": ("x.jpg", _jpeg("ship/0162"), "image/jpeg")},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["n"] == 10_000 and sum(body["counts"]) == 10_000
+    assert body["label"] == "ship" and body["certified_radius"] > 0.75
+    assert body["agreement"]["same_class"] is True
+    assert body["agreement"]["overestimated"] is False
+    assert body["surrogate"]["label"] == "ship"
+
+
+def test_models_endpoint_reports_the_bundle_protocol_and_evaluation(client):
+    body = client.get("/models/cifar10-sigma0.25").json()
+    assert body["sigma"] == 0.25
+    assert body["protocol"] == {"n0": 100, "n": 10_000, "alpha": 0.001}
+    assert body["calibration"]["epsilon"] == 0.01
+    assert body["evaluation"]["images"] == 500
