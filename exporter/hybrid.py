@@ -190,7 +190,10 @@ def write_markdown_section(path: Path, h: dict, report: dict) -> None:
         f"all {fmt(lat['all'])}; surrogate-answered {fmt(lat['surrogate'])}; "
         f"Monte-Carlo-answered {fmt(lat['monte_carlo'])}.",
         "",
-        f"Reproduce: `python -m exporter.hybrid {report.get('bundle', '<bundle>')} --work <work>`.",
+        f"Reproduce: `python -m exporter.hybrid models/{report.get('bundle', '<bundle>')} "
+        f"--work work/{report.get('bundle', '<bundle>')} --budget-ms {h['budget_ms']:g}` "
+        "(numbers move with the machine's load: the budget is sized from throughput measured "
+        "at the start).",
         "",
     ]
     path.write_text(text + "\n".join(lines))
