@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from exporter import data as data_stage
 from exporter import models
 from exporter.config import Config
-from exporter.training import augment, load_checkpoint, run_epochs
+from exporter.training import (
+    augment,
+    load_checkpoint,
+    one_cycle_sgd,
+    run_epochs,
+    shuffled_batches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +59,7 @@ def run(cfg: Config, work: Path) -> Path:
     mean, std = models.channel_stats(ds.train.images)
     model = models.build(c.arch, c.widths, len(ds.classes), mean, std)
     steps_per_epoch = len(ds.train.labels) // c.batch_size
-    opt = torch.optim.SGD(
-        model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, c.lr, total_steps=c.epochs * steps_per_epoch, pct_start=0.25
-    )
+    opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.25)
     ckpt = work / "base.pt"
     start = load_checkpoint(ckpt, model, opt, sched)
     if start:
@@ -67,10 +68,7 @@ def run(cfg: Config, work: Path) -> Path:
     y_all = torch.as_tensor(ds.train.labels)
 
     def steps(epoch):
-        gen = torch.Generator().manual_seed(c.seed * 1000 + epoch)  # same batches on resume
-        order = torch.randperm(len(y_all), generator=gen)
-        for s in range(steps_per_epoch):
-            idx = order[s * c.batch_size : (s + 1) * c.batch_size]
+        for idx, gen in shuffled_batches(len(y_all), c.batch_size, c.seed, epoch):
             x = augment(x_all[idx].float() / 255.0, c.augment, c.augment, gen)
             yield x + sigma * torch.randn(x.shape, generator=gen), y_all[idx]
 

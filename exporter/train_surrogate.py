@@ -19,7 +19,13 @@ from exporter import data as data_stage
 from exporter import models
 from exporter.config import Config
 from exporter.losses import LOSSES, js_divergence
-from exporter.training import augment, load_checkpoint, run_epochs
+from exporter.training import (
+    augment,
+    load_checkpoint,
+    one_cycle_sgd,
+    run_epochs,
+    shuffled_batches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +57,12 @@ def run(cfg: Config, work: Path) -> Path:
     fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, None)
     x_all, y_all = torch.as_tensor(ds.train.images[fit]), freqs[fit]
     steps_per_epoch = len(y_all) // c.batch_size
-    opt = torch.optim.SGD(
-        model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, c.lr, total_steps=c.epochs * steps_per_epoch, pct_start=0.2
-    )
+    opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.2)
     ckpt = work / "surrogate.pt"
     start = load_checkpoint(ckpt, model, opt, sched)
 
     def steps(epoch):
-        gen = torch.Generator().manual_seed(c.seed * 1000 + epoch)
-        order = torch.randperm(len(y_all), generator=gen)
-        for s in range(steps_per_epoch):
-            idx = order[s * c.batch_size : (s + 1) * c.batch_size]
+        for idx, gen in shuffled_batches(len(y_all), c.batch_size, c.seed, epoch):
             yield augment(x_all[idx].float() / 255.0, False, c.flip, gen), y_all[idx]
 
     extra = {key: base[key] for key in ("arch", "widths", "num_classes", "mean", "std", "sigma")}

@@ -32,6 +32,25 @@ def augment(x: torch.Tensor, crop: bool, flip: bool, gen: torch.Generator) -> to
     return x
 
 
+def one_cycle_sgd(model, c, steps_per_epoch: int, pct_start: float):
+    """Nesterov SGD with a one-cycle learning rate over `c.epochs` epochs (c: a stage config)."""
+    opt = torch.optim.SGD(
+        model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
+    )
+    total = c.epochs * steps_per_epoch
+    return opt, torch.optim.lr_scheduler.OneCycleLR(
+        opt, c.lr, total_steps=total, pct_start=pct_start
+    )
+
+
+def shuffled_batches(size: int, batch_size: int, seed: int, epoch: int):
+    """(indices, generator) per full batch of a seeded per-epoch permutation: same on resume."""
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(size, generator=gen)
+    for s in range(size // batch_size):
+        yield order[s * batch_size : (s + 1) * batch_size], gen
+
+
 def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> int:
     """Restore a checkpoint if present; returns the number of finished epochs (0 if none)."""
     if not path.exists():
