@@ -9,14 +9,15 @@
 
 LOAD_MODELS_DIR ?= $(MODELS_DIR)
 LOAD_USERS ?= 20
-# requests/s per fast-path user: 20 users x 20/s = 400/s, about a third of capacity here
-LOAD_USER_RATE ?= 20
+# requests/s per fast-path user: 19 users x 10/s = 190/s, a quarter of the capacity here
+LOAD_USER_RATE ?= 10
 LOAD_TIME ?= 60s
 LOAD_MAX_FAIL_RATIO ?= 0.001
 LOAD_MAX_P95_MS ?= 50
 SOAK_USERS ?= 32
 SOAK_FRACTION ?= 0.7
 SOAK_TIME ?= 10m
+SOAK_MAX_P95_MS ?= 100
 OVERLOAD_FACTOR ?= 4
 BENCH_ARGS ?=
 
@@ -38,7 +39,7 @@ bench: $(BIN)/locust
 soak: $(BIN)/locust
 	$(BIN)/python -m loadtests.run_locust --name soak --models-dir $(LOAD_MODELS_DIR) \
 		--users $(SOAK_USERS) --capacity-fraction $(SOAK_FRACTION) --run-time $(SOAK_TIME) \
-		--max-fail-ratio 0 --max-p95-ms $(LOAD_MAX_P95_MS)
+		--max-fail-ratio 0 --max-p95-ms $(SOAK_MAX_P95_MS)
 
 overload: $(BIN)/locust
 	$(BIN)/python -m loadtests.overload --models-dir $(LOAD_MODELS_DIR) --factor $(OVERLOAD_FACTOR)
