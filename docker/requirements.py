@@ -9,11 +9,13 @@ dropped: both install the same `onnxruntime` module and must not be mixed.
     python docker/requirements.py server                  # the CPU server image
     python docker/requirements.py server gpu              # the GPU server image
     python docker/requirements.py exporter --no-core      # ... without numpy/scipy
+    python docker/requirements.py dev --check             # exit 1 unless all are installed
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import re
 import sys
 from pathlib import Path
@@ -60,15 +62,36 @@ def requirements(pyproject: dict, extras: list[str], core: bool = True) -> list[
     return unique
 
 
-def main(argv: list[str] | None = None) -> None:
+def missing(names: list[str]) -> list[str]:
+    """The distributions of `names` that are not installed (versions are not compared)."""
+    absent = []
+    for name in names:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            absent.append(name)
+    return absent
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("extras", nargs="+", help="extras of pyproject.toml, e.g. server gpu")
     parser.add_argument("--no-core", action="store_true", help="leave out `dependencies`")
+    parser.add_argument(
+        "--check", action="store_true", help="print nothing; exit 1 if one is not installed"
+    )
     parser.add_argument("--pyproject", type=Path, default=PYPROJECT)
     args = parser.parse_args(argv)
     data = tomllib.loads(args.pyproject.read_text())
-    sys.stdout.write("".join(f"{r}\n" for r in requirements(data, args.extras, not args.no_core)))
+    found = requirements(data, args.extras, not args.no_core)
+    if args.check:
+        absent = missing([_name(r) for r in found] + [_name(data["project"]["name"])])
+        if absent:
+            print(f"not installed: {', '.join(absent)}", file=sys.stderr)
+        return 1 if absent else 0
+    sys.stdout.write("".join(f"{r}\n" for r in found))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,8 +15,7 @@ FUZZ_ARGS ?=
 # The environment of `make test` (CPU torch first, then the dev extras), without the run;
 # skipped when it is there already (CI runs `make test` just before), saving a rebuild.
 ops-dev: venv
-	@$(BIN)/python -c "import importlib.metadata as m; m.version('accsmooth'); \
-		import pytest, yaml, schemathesis, onnx, torch" 2>/dev/null \
+	@$(BIN)/python docker/requirements.py dev --check \
 	|| { $(BIN)/pip install torch==2.13.0 && $(BIN)/pip install -e '.[dev]'; }
 
 fuzz: ops-dev

@@ -51,3 +51,15 @@ def test_onnxruntime_gpu_replaces_onnxruntime():
 def test_an_unknown_extra_is_an_error():
     with pytest.raises(KeyError, match="no extra 'serve'"):
         requirements(PYPROJECT, ["serve"])
+
+
+def test_check_passes_in_this_environment_and_names_what_is_missing(tmp_path, capsys):
+    main = requirements_module.main
+    assert main(["server", "--check"]) == 0  # the dev environment has the server extra
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "accsmooth"\ndependencies = []\n'
+        '[project.optional-dependencies]\nx = ["no-such-package-here>=1"]\n'
+    )
+    assert main(["x", "--check", "--pyproject", str(pyproject)]) == 1
+    assert "no-such-package-here" in capsys.readouterr().err
