@@ -7,7 +7,6 @@ chunks of `CHUNK` images to `<out_dir>/chunk_XXXXX.npz`; a rerun skips finished 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from exporter.bundle import sha256
 from exporter.config import BundleConfig
 from server.runtime import OnnxPredictor, make_session
 from server.sampling import certify
@@ -54,7 +54,7 @@ def certify_all(
         "sigma": bundle.sigma,
         "seed": seed,
         "images": len(images_uint8),
-        "base_sha256": hashlib.sha256(Path(base_onnx).read_bytes()).hexdigest(),  # same model
+        "base_sha256": sha256(Path(base_onnx)),  # the same model, not only the same protocol
     }
     stamp = out_dir / "protocol.json"
     if stamp.exists() and json.loads(stamp.read_text()) != protocol:

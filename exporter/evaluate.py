@@ -25,20 +25,17 @@ from exporter.calibrate import served_raw, surrogate_probabilities
 from exporter.certify_images import certify_all
 from exporter.config import Config
 from exporter.report import write_markdown, write_plot
+from exporter.scoring import accuracy_table, overestimated
 from server.runtime import OnnxPredictor, make_session
 from server.smoothing import apply_shift, certify_from_probabilities, radius_from_p_lower
 
 log = logging.getLogger(__name__)
 
 
-def certified_accuracy(pred, radius, labels, r) -> float:
-    return float(np.mean((pred == labels) & (pred >= 0) & (radius >= r)))
-
-
 def compare(served_pred, served_radius, mc) -> dict:
     """Certificate-level agreement of a served rule with Monte-Carlo, over the same images."""
     same = served_pred == mc.predicted
-    over = (same & (served_radius > mc.radius + 1e-12)) | (~same & (served_pred >= 0))
+    over = overestimated(served_pred, served_radius, mc.predicted, mc.radius)
     under = same & (mc.predicted >= 0) & (served_radius < mc.radius - 1e-12)
     return {
         "overestimation_rate": float(over.mean()),
@@ -102,10 +99,10 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
             np.asarray(radius_from_p_lower(p, b.sigma)),
         )
     m = len(labels)
-    table = {
-        name: {f"{r:g}": certified_accuracy(pred, rad, labels, r) for r in c.radii}
-        for name, (pred, rad) in methods.items()
+    tables = {
+        name: accuracy_table(pred, rad, labels, c.radii) for name, (pred, rad) in methods.items()
     }
+    table = {name: t[0] for name, t in tables.items()}
     served_s = time_served(
         out / "surrogate.onnx", ds.eval.images[:200], b.n, b.alpha, b.sigma, shift
     )
@@ -117,10 +114,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         "eval_every": cfg.data.eval_every,
         "calibration_shift": shift,
         "certified_accuracy": table,
-        "certified_accuracy_stderr": {
-            name: {r: float(np.sqrt(a * (1 - a) / m)) for r, a in row.items()}
-            for name, row in table.items()
-        },
+        "certified_accuracy_stderr": {name: t[1] for name, t in tables.items()},
         "top1_agreement": float(np.mean(probs.argmax(1) == mc.counts.argmax(1))),
         "clean_accuracy_of_top_class": {
             "monte_carlo": float(np.mean(mc.counts.argmax(1) == labels)),

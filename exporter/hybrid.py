@@ -28,6 +28,7 @@ import numpy as np
 
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
+from exporter.scoring import accuracy_table, overestimated
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from server.sampling import certify, fallback_samples, measure_throughput
 from server.smoothing import certify_from_counts, certify_from_probabilities, hybrid_route
@@ -103,9 +104,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
             pred[i], radius[i] = served.predicted_class, served.radius
     routes = np.array(routes)
     mc_answered = routes == "boundary"
-    accuracy = {
-        f"{r:g}": float(np.mean((pred == labels) & (pred >= 0) & (radius >= r))) for r in RADII
-    }
+    accuracy, stderr = accuracy_table(pred, radius, labels, RADII)
     section = {
         "margin": margin,
         "budget_ms": budget_ms,
@@ -119,9 +118,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
             "monte_carlo": float(np.mean(mc_answered)),
         },
         "certified_accuracy": accuracy,
-        "certified_accuracy_stderr": {
-            r: float(np.sqrt(a * (1 - a) / len(x))) for r, a in accuracy.items()
-        },
+        "certified_accuracy_stderr": stderr,
         "latency_ms": {
             "all": percentiles(ms),
             "surrogate": percentiles(ms[~mc_answered]),
@@ -131,8 +128,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
     }
     mc = full_protocol_mc(work, len(x), alpha, sigma)
     if mc is not None:
-        same = pred == mc[0]
-        over = (same & (radius > mc[1] + 1e-12)) | (~same & (pred >= 0))
+        over = overestimated(pred, radius, mc[0], mc[1])
         section["overestimation_rate_vs_monte_carlo"] = float(over.mean())
     return section
 

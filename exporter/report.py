@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.scoring import certified_accuracy
+
 NAMES = {
     "monte_carlo": "Monte-Carlo (CERTIFY)",
     "surrogate_raw": "Surrogate, raw",
@@ -23,7 +25,7 @@ def write_plot(path: Path, curves: dict, labels, bundle) -> None:
     radii = np.linspace(0, max(1.0, max(float(r.max()) for _, r in curves.values())) * 1.02, 300)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, (pred, rad) in curves.items():
-        acc = [np.mean((pred == labels) & (pred >= 0) & (rad >= r)) for r in radii]
+        acc = [certified_accuracy(pred, rad, labels, r) for r in radii]
         ax.plot(
             radii,
             acc,

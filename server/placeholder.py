@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+
+from server.bundle import sha256_of
 
 CIFAR10 = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -128,7 +129,7 @@ def write_bundle(
             },
             "base": {"file": "base.onnx", "input": "images", "output": "logits", "opset": OPSET},
         },  # fmt: skip
-        "sha256": {f: hashlib.sha256((folder / f).read_bytes()).hexdigest() for f in files},
+        "sha256": {f: sha256_of(folder / f) for f in files},
         "exporter": {"tool": "server.placeholder"},
         "evaluation": None,
     }

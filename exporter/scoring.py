@@ -1,0 +1,28 @@
+"""Statistics of a set of certificates against labels and against Monte-Carlo, shared by the
+evaluate and hybrid stages and the plot, so every number in a report is computed one way.
+
+A certificate set is (pred [M], radius [M]) with pred = -1 where the rule abstained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def certified_accuracy(pred, radius, labels, r: float) -> float:
+    """Fraction certified with the true class at radius >= r (Cohen et al.'s definition)."""
+    return float(np.mean((pred == labels) & (pred >= 0) & (radius >= r)))
+
+
+def accuracy_table(pred, radius, labels, radii) -> tuple[dict, dict]:
+    """({"r": accuracy}, {"r": binomial standard error}) at each radius in `radii`."""
+    table = {f"{r:g}": certified_accuracy(pred, radius, labels, r) for r in radii}
+    stderr = {r: float(np.sqrt(a * (1 - a) / len(labels))) for r, a in table.items()}
+    return table, stderr
+
+
+def overestimated(pred, radius, mc_pred, mc_radius):
+    """[M] bool: the certificate over-claims the Monte-Carlo one: a larger radius for the same
+    class, or another class with a positive radius (what calibration bounds by epsilon)."""
+    same = pred == mc_pred
+    return (same & (radius > mc_radius + 1e-12)) | (~same & (pred >= 0))
