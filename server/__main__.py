@@ -59,6 +59,10 @@ def prepare_multiprocess_dir(workers: int) -> str | None:
 WORKER_HEALTHCHECK_SECONDS = 60
 
 
+# Seconds after the app's own grace period at which uvicorn cancels whatever is still running.
+SHUTDOWN_BACKSTOP_SECONDS = 5.0
+
+
 def supervisor_options(config_parameters=None) -> dict:
     """Options for uvicorn's multi-worker supervisor that this uvicorn version supports."""
     if config_parameters is None:
@@ -81,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     created = prepare_multiprocess_dir(args.workers)
     import uvicorn  # after the environment is final: workers inherit it
 
+    from server.settings import Settings
+
+    settings = Settings()
+
     try:
         uvicorn.run(
             "server.app:app_from_env",
@@ -90,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             log_level=os.environ.get("ACCSMOOTH_LOG_LEVEL", "info"),
             access_log=False,  # per-request log lines cost more than a fast request
+            # a backstop only: the app itself cancels its audits at ACCSMOOTH_GRACEFUL_TIMEOUT_S
+            # (server.lifecycle) and answers them; uvicorn cancels whatever still runs after
+            timeout_graceful_shutdown=settings.graceful_timeout_s + SHUTDOWN_BACKSTOP_SECONDS,
             **supervisor_options(),
         )
     finally:

@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException
 from server import metrics
 from server.audit import AuditPool
 from server.errors import AccsmoothError, error_body, status_of
-from server.hybrid import HybridRunner
+from server.hybrid import fallback_pool
+from server.lifecycle import Drain
 from server.middleware import AdmissionLimit, BodyLimit, HttpMetrics
 from server.registry import ModelRegistry
 from server.routes import audits, certify, health, models, web
@@ -42,12 +43,16 @@ async def lifespan(app: FastAPI):
         settings.sampled_concurrency, settings.sampled_queue, settings.sampled_nice
     )
     app.state.shadow = ShadowAuditor(settings)
-    app.state.hybrid = HybridRunner(settings.hybrid_concurrency, settings.hybrid_queue)
+    app.state.hybrid = fallback_pool(settings)
+    drain: Drain = app.state.drain
+    drain.start(app.state.audits, app.state.hybrid)
+    drain.install_signal_handlers()
     loading = asyncio.create_task(registry.load(), name="load-bundles")
     app.state.loading = loading
     try:
         yield
     finally:
+        drain.remove_signal_handlers()
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
         await registry.close()
@@ -103,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = ModelRegistry(settings)
+    app.state.drain = Drain(settings.graceful_timeout_s)
     install_error_handlers(app)
     for router in (certify.router, models.router, audits.router, health.router, web.router):
         app.include_router(router)

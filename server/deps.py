@@ -9,6 +9,7 @@ its thread pool, and each such hop costs ~0.1-0.3 ms, which the 3 ms fast path c
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
@@ -22,7 +23,6 @@ from server.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from server.hybrid import HybridRunner
 from server.registry import LoadedModel, ModelRegistry
 from server.settings import Settings
 from server.shadow import ShadowAuditor
@@ -46,15 +46,27 @@ async def get_shadow(request: Request) -> ShadowAuditor:
     return request.app.state.shadow
 
 
-async def get_hybrid(request: Request) -> HybridRunner:
+async def get_hybrid(request: Request) -> AuditPool:
     return request.app.state.hybrid
+
+
+async def get_disconnected(request: Request) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that returns once the client has closed its connection (to call
+    after the body has been read: the next ASGI message is then the disconnect)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return disconnected
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 AuditsDep = Annotated[AuditPool, Depends(get_audits)]
 ShadowDep = Annotated[ShadowAuditor, Depends(get_shadow)]
-HybridDep = Annotated[HybridRunner, Depends(get_hybrid)]
+HybridDep = Annotated[AuditPool, Depends(get_hybrid)]
+DisconnectedDep = Annotated[Callable[[], Awaitable[None]], Depends(get_disconnected)]
 
 
 async def get_model(

@@ -56,6 +56,25 @@ class NotFound(AccsmoothError):
     code = "not_found"
 
 
+class RequestTimeout(AccsmoothError):
+    """The client sent its headers or body too slowly; the connection is closed."""
+
+    code = "request_timeout"
+
+    def __init__(self, detail: str):
+        super().__init__(detail, headers={"Connection": "close"})
+
+
+class HeadersTooLarge(AccsmoothError):
+    code = "headers_too_large"
+
+
+class ClientDisconnected(AccsmoothError):
+    """The client closed the connection before its answer; nobody reads this one (499)."""
+
+    code = "client_disconnected"
+
+
 # --- the image ------------------------------------------------------------------------------
 class NotAnImage(AccsmoothError):
     code = "not_an_image"
@@ -112,6 +131,15 @@ class AuditQueueFull(AccsmoothError):
         self.retry_after = retry_after
 
 
+class ShuttingDown(AccsmoothError):
+    """The server is draining after SIGTERM: slow work past the grace period is cancelled."""
+
+    code = "shutting_down"
+
+    def __init__(self, detail: str):
+        super().__init__(detail, headers={"Connection": "close"})
+
+
 class InferenceFailed(AccsmoothError):
     code = "inference_failed"
 
@@ -125,6 +153,7 @@ STATUS: dict[type[AccsmoothError], int] = {
     Unauthorized: 401,
     NotFound: 404,
     ModelNotFound: 404,
+    RequestTimeout: 408,
     BodyTooLarge: 413,
     DecompressionBomb: 413,
     UnsupportedMediaType: 415,
@@ -134,10 +163,13 @@ STATUS: dict[type[AccsmoothError], int] = {
     InvalidParameter: 422,
     WrongImageSize: 422,
     AuditQueueFull: 429,
+    HeadersTooLarge: 431,
+    ClientDisconnected: 499,  # nginx's "client closed request": not a server error
     InferenceFailed: 500,
     BundleError: 503,
     ModelNotReady: 503,
     Overloaded: 503,
+    ShuttingDown: 503,
     AccsmoothError: 500,
 }
 

@@ -12,20 +12,21 @@ alpha and a smaller sample size chosen to fit `ACCSMOOTH_HYBRID_BUDGET_MS`:
 
 A Monte-Carlo answer is Cohen et al.'s certificate at that n (valid with probability 1 - alpha,
 no calibration involved); its largest certifiable radius is sigma * Phi^-1(alpha^(1/n)).
-Fallbacks run on their own small thread pool (`ACCSMOOTH_HYBRID_CONCURRENCY`, at most
-`ACCSMOOTH_HYBRID_QUEUE` waiting, 503 beyond), on the base model's low-thread session.
+Fallbacks run on their own audit pool (`server.audit.AuditPool`: `ACCSMOOTH_HYBRID_CONCURRENCY`
+threads niced like audits by `ACCSMOOTH_SAMPLED_NICE`, at most `ACCSMOOTH_HYBRID_QUEUE` waiting,
+503 `overloaded` with a Retry-After from the queued samples beyond), on the base model's
+low-thread session; they are cancelled like audits when their client goes or at shutdown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 
 from server import metrics, pipeline
-from server.audit import monte_carlo
-from server.errors import Overloaded
+from server.audit import AuditJob, AuditPool, monte_carlo
+from server.errors import AccsmoothError, ClientDisconnected, Overloaded
 from server.registry import LoadedModel
 from server.sampling import fallback_samples
 from server.schemas import HybridCertificate, HybridPlan
@@ -48,43 +49,33 @@ def plan_for(model: LoadedModel, settings: Settings) -> HybridPlan:
     )
 
 
-class HybridRunner:
-    """A bounded thread pool for fallbacks: Overloaded (503) instead of an unbounded queue."""
+def _fallbacks_full(detail: str, retry_after: int) -> Overloaded:
+    metrics.REJECTED.labels("/certify", "hybrid_queue_full").inc()
+    return Overloaded(
+        f"{detail} (ACCSMOOTH_HYBRID_CONCURRENCY + ACCSMOOTH_HYBRID_QUEUE); retry shortly",
+        headers={"Retry-After": str(max(1, retry_after))},
+    )
 
-    def __init__(self, concurrency: int, queue_size: int):
-        self.capacity = concurrency + queue_size
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="hybrid")
-        self._admitted = 0  # event loop only
 
-    async def run(self, fn):
-        if self._admitted >= self.capacity:
-            metrics.REJECTED.labels("/certify", "hybrid_queue_full").inc()
-            raise Overloaded(
-                f"{self._admitted} hybrid Monte-Carlo fallbacks running or queued"
-                " (ACCSMOOTH_HYBRID_CONCURRENCY + ACCSMOOTH_HYBRID_QUEUE); retry shortly"
-            )
-        loop = asyncio.get_running_loop()
-        self._admitted += 1
-        future = self._executor.submit(fn)  # the slot is freed when the work ends, not the wait
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
-        return await asyncio.wrap_future(future)
-
-    def _release(self) -> None:
-        self._admitted -= 1
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+def fallback_pool(settings: Settings) -> AuditPool:
+    """The bounded, niced pool the Monte-Carlo fallbacks run on (503 beyond its queue)."""
+    return AuditPool(
+        settings.hybrid_concurrency, settings.hybrid_queue, settings.sampled_nice,
+        name="hybrid Monte-Carlo fallback", full=_fallbacks_full,
+        gauges=(metrics.HYBRID_QUEUE_DEPTH, metrics.HYBRID_RUNNING),
+    )  # fmt: skip
 
 
 async def certify_hybrid(
     model: LoadedModel,
-    runner: HybridRunner,
+    pool: AuditPool,
     data: bytes,
     settings: Settings,
     *,
     calibrated: bool,
     resize: bool,
     shadow=None,
+    disconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> HybridCertificate:
     """The surrogate certificate if `hybrid_route` calls it clear, else CERTIFY at the plan's n."""
     started = time.perf_counter()
@@ -109,17 +100,17 @@ async def certify_hybrid(
         )  # fmt: skip
     plan = plan_for(model, settings)
     alpha, seed = model.manifest.protocol.alpha, secrets.randbits(63)
-    result = await runner.run(
-        lambda: monte_carlo(
-            model,
-            image.array,
-            n0=plan.n0,
-            n=plan.n,
-            alpha=alpha,
-            batch_size=min(settings.sampled_batch_size, plan.n),
-            seed=seed,
-        )  # fmt: skip
-    )
+    job = AuditJob(plan.n0 + plan.n)
+    run = lambda: monte_carlo(  # noqa: E731
+        model, image.array, n0=plan.n0, n=plan.n, alpha=alpha,
+        batch_size=min(settings.sampled_batch_size, plan.n), seed=seed, job=job,
+    )  # fmt: skip
+    pending = pool.submit(run, job, rate_hint=model.base_samples_per_second)
+    try:
+        result, _, _ = await pipeline.until_disconnected(pending, disconnected)
+    except BaseException as exc:
+        job.cancel(exc if isinstance(exc, AccsmoothError) else ClientDisconnected("cancelled"))
+        raise
     cert = result.certificate
     seconds = time.perf_counter() - started
     pipeline.record_certificate("/certify", model.name, "monte_carlo", cert, seconds)

@@ -100,6 +100,16 @@ SAMPLED_QUEUE_DEPTH = Gauge(
 SAMPLED_RUNNING = Gauge(
     f"{PREFIX}_sampled_running", "Audits being computed now", multiprocess_mode="livesum"
 )
+HYBRID_QUEUE_DEPTH = Gauge(
+    f"{PREFIX}_hybrid_queue_depth",
+    "Hybrid Monte-Carlo fallbacks waiting for a worker",
+    multiprocess_mode="livesum",
+)
+HYBRID_RUNNING = Gauge(
+    f"{PREFIX}_hybrid_running",
+    "Hybrid Monte-Carlo fallbacks being computed now",
+    multiprocess_mode="livesum",
+)
 SAMPLES = Counter(f"{PREFIX}_noise_samples", "Noisy forward passes in audits", ["model"])
 AUDITS = Counter(
     f"{PREFIX}_audits", "Monte-Carlo audits compared with the surrogate", ["model", "source"]

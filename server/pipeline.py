@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server import metrics
-from server.audit import AuditPool, monte_carlo
-from server.errors import AccsmoothError
+from server.audit import AuditJob, AuditPool, monte_carlo
+from server.errors import AccsmoothError, ClientDisconnected
 from server.imaging import DecodedImage, decode_image
 from server.registry import LoadedModel
 from server.schemas import Agreement, SampledCertificate, SurrogateCertificate
@@ -143,6 +144,21 @@ async def certify_decoded(
     )
 
 
+async def until_disconnected(work: Awaitable, disconnected: Callable[[], Awaitable[None]] | None):
+    """`work`'s result, or ClientDisconnected as soon as `disconnected()` returns."""
+    if disconnected is None:
+        return await work
+    work = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not work.done():
+        raise ClientDisconnected("the client closed the connection while its audit ran")
+    return work.result()
+
+
 def agreement(served: SurrogateCertificate, mc: Certificate) -> Agreement:
     """Does the served certificate claim more than Monte-Carlo (larger radius, other class)?"""
     same = served.predicted_class == mc.predicted_class
@@ -162,27 +178,31 @@ async def certify_sampled(
     resize: bool,
     max_pixels: int,
     source: str = "request",
+    disconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> SampledCertificate:
-    """Monte-Carlo CERTIFY on the audit pool, and its agreement with the surrogate."""
+    """Monte-Carlo CERTIFY on the audit pool, and its agreement with the surrogate; the audit is
+    cancelled as soon as `disconnected()` returns (the client has gone)."""
     endpoint = "/certify/sampled"
     started = time.perf_counter()
     m = model.manifest
     image = await decode(model, data, resize=resize, max_pixels=max_pixels)
     seed = params.seed if params.seed is not None else secrets.randbits(63)
+    job = AuditJob(params.n0 + params.n)
     run = lambda: monte_carlo(  # noqa: E731
         model, image.array, n0=params.n0, n=params.n, alpha=params.alpha,
-        batch_size=params.batch_size, seed=seed,
+        batch_size=params.batch_size, seed=seed, job=job,
     )  # fmt: skip
-    pending = pool.submit(run)  # AuditQueueFull (429) before any work is done
+    # AuditQueueFull (429) before any work is done
+    pending = pool.submit(run, job, rate_hint=model.base_samples_per_second)
     try:
         served = await certify_decoded(
             model, image, calibrated=calibrated, endpoint=f"{endpoint}:surrogate",
             started=time.perf_counter(), record=False,
         )  # fmt: skip
-    except BaseException:
-        pending.cancel()  # frees the slot if the audit has not started
+        result, queued, compute = await until_disconnected(pending, disconnected)
+    except BaseException as exc:
+        job.cancel(exc if isinstance(exc, AccsmoothError) else ClientDisconnected("cancelled"))
         raise
-    result, queued, compute = await pending
     cert = result.certificate
     seconds = time.perf_counter() - started
     metrics.QUEUE_SECONDS.labels(endpoint, model.name).observe(queued)

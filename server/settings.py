@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     sampled_batch_size: int = Field(256, ge=1, description="default noisy copies per forward pass")
     max_sampled_batch_size: int = Field(4096, ge=1, description="cap on the batch_size query")
 
+    graceful_timeout_s: float = Field(
+        10.0, ge=0.0, le=3600.0,
+        description="after SIGTERM, seconds audits may still run before they are cancelled (503)",
+    )  # fmt: skip
+
     # Shadow audits and drift alarm (server.shadow)
     audit_rate: float = Field(
         0.0, ge=0.0, le=1.0, description="fraction of /certify answers re-certified by Monte-Carlo"

@@ -37,6 +37,7 @@ import numpy as np
 from server import metrics
 from server.audit import lower_thread_priority
 from server.drift import DriftTest, DriftWindow
+from server.errors import ShuttingDown
 from server.pipeline import agreement
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from server.sampling import certify
@@ -64,6 +65,7 @@ class ShadowAuditor:
         self._pending = 0  # running + waiting
         self._windows: dict[str, DriftWindow] = {}
         self._sessions: dict[str, OnnxPredictor] = {}  # touched by the audit thread only
+        self._stop = threading.Event()  # set at shutdown: the running audit stops at its next batch
         self._executor = ThreadPoolExecutor(
             1, "shadow-audit", initializer=lower_thread_priority, initargs=(settings.audit_nice,)
         )
@@ -115,6 +117,7 @@ class ShadowAuditor:
         return records[:limit]
 
     def shutdown(self) -> None:
+        self._stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- on the audit thread ---------------------------------------------------------------
@@ -130,6 +133,8 @@ class ShadowAuditor:
     def _audit(self, model, image, data, served, served_at) -> None:
         try:
             self._record(model, data, served, served_at, *self._certify(model, image))
+        except ShuttingDown:
+            log.info("shadow audit of %s cancelled: the server is shutting down", model.name)
         except Exception:  # noqa: BLE001 - an audit must never take the worker down
             log.exception("shadow audit of %s failed", model.name)
         finally:
@@ -141,8 +146,15 @@ class ShadowAuditor:
         m = model.manifest
         seed = secrets.randbits(63)
         started = time.perf_counter()
+        session = self._session(model)
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            if self._stop.is_set():
+                raise ShuttingDown("the server is shutting down")
+            return session(batch)
+
         result = certify(
-            self._session(model), image, sigma=m.sigma, num_classes=m.num_classes,
+            predict, image, sigma=m.sigma, num_classes=m.num_classes,
             n0=m.protocol.n0, n=m.protocol.n, alpha=m.protocol.alpha,
             batch_size=self.settings.sampled_batch_size, rng=np.random.default_rng(seed),
         )  # fmt: skip

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query
 from server import hybrid, pipeline
 from server.deps import (
     AuditsDep,
+    DisconnectedDep,
     HybridDep,
     ImageDep,
     ImagesDep,
@@ -46,15 +47,17 @@ Mode = Annotated[
     openapi_extra=IMAGE_BODY,
 )
 async def certify(
-    model: ModelDep, data: ImageDep, settings: SettingsDep, shadow: ShadowDep, runner: HybridDep,
+    model: ModelDep, data: ImageDep, settings: SettingsDep, shadow: ShadowDep, fallbacks: HybridDep,
+    disconnected: DisconnectedDep,
     calibrated: Calibrated = True, resize: Resize = False, mode: Mode = "surrogate",
 ) -> HybridCertificate | SurrogateCertificate:  # fmt: skip
     """Certify one image with the surrogate: class and certified L2 radius in one forward pass
     (mode=hybrid: Monte-Carlo answers instead when the surrogate is near the boundary)."""
     if mode == "hybrid":
         return await hybrid.certify_hybrid(
-            model, runner, data, settings, calibrated=calibrated, resize=resize, shadow=shadow
-        )
+            model, fallbacks, data, settings, calibrated=calibrated, resize=resize, shadow=shadow,
+            disconnected=disconnected,
+        )  # fmt: skip
     return await pipeline.certify_surrogate(
         model, data, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels,
         shadow=shadow,
@@ -86,6 +89,7 @@ async def certify_sampled(
     audits: AuditsDep,
     data: ImageDep,
     settings: SettingsDep,
+    disconnected: DisconnectedDep,
     n0: Annotated[
         int | None, Query(ge=1, description="selection samples (default: manifest)")
     ] = None,
@@ -109,6 +113,6 @@ async def certify_sampled(
     )
     check_samples(settings, params.n0, params.n, params.batch_size)
     return await pipeline.certify_sampled(
-        model, audits, data, params,
-        calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels,
+        model, audits, data, params, calibrated=calibrated, resize=resize,
+        max_pixels=settings.max_image_pixels, disconnected=disconnected,
     )  # fmt: skip

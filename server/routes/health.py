@@ -1,12 +1,13 @@
 """Liveness, readiness (ours and the Open Inference Protocol's) and the Prometheus scrape.
 
-Live: the process answers. Ready: every bundle is loaded and warmed up; otherwise 503 with
-the reason (which bundle, which file, what is wrong) in the usual error body.
+Live: the process answers. Ready: every bundle is loaded and warmed up and the server is not
+draining after SIGTERM; otherwise 503 with the reason (which bundle, which file, what is wrong)
+in the usual error body.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from server import metrics
@@ -17,9 +18,13 @@ from server.schemas import Health
 router = APIRouter(tags=["health"])
 
 
-def _not_ready(registry) -> JSONResponse:
-    body = error_body("not_ready", registry.reason()) | {"models": registry.statuses()}
+def _not_ready(registry, reason: str | None = None) -> JSONResponse:
+    body = error_body("not_ready", reason or registry.reason()) | {"models": registry.statuses()}
     return JSONResponse(body, status_code=503)
+
+
+def _draining(request: Request) -> bool:
+    return request.app.state.drain.draining
 
 
 @router.get("/livez")
@@ -29,8 +34,11 @@ async def livez() -> Health:
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
-async def readyz(registry: RegistryDep):
-    """200 once every bundle is loaded and warmed up; 503 with the reason otherwise."""
+async def readyz(request: Request, registry: RegistryDep):
+    """200 once every bundle is loaded and warmed up; 503 with the reason otherwise (also
+    while the server drains after SIGTERM)."""
+    if _draining(request):
+        return _not_ready(registry, "the server is shutting down")
     if not registry.ready():
         return _not_ready(registry)
     return Health(status="ready", models=registry.statuses())
@@ -43,8 +51,10 @@ async def oip_live() -> dict:
 
 
 @router.get("/v2/health/ready", responses={503: {"description": "not ready"}})
-async def oip_ready(registry: RegistryDep):
+async def oip_ready(request: Request, registry: RegistryDep):
     """Open Inference Protocol readiness."""
+    if _draining(request):
+        return _not_ready(registry, "the server is shutting down")
     if not registry.ready():
         return _not_ready(registry)
     return {"ready": True}
