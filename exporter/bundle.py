@@ -21,6 +21,7 @@ import onnx
 from exporter import data as data_stage
 from exporter.config import Config
 from exporter.onnx_export import OUTPUT_NAMES, ensure_onnx
+from server.bundle import Manifest
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -56,12 +57,14 @@ def code_revision() -> str:
 
 
 def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
-    """Write manifest.json with fresh sha256s of every other file in the folder."""
+    """Write manifest.json with fresh sha256s of every other file in the folder, after checking
+    it against the server's `Manifest` model: a bundle the server would refuse is never written."""
     manifest["sha256"] = {
         p.name: sha256(p)
         for p in sorted(bundle_dir.iterdir())
         if p.is_file() and p.name != "manifest.json"
     }
+    Manifest.model_validate(manifest)
     path = bundle_dir / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
@@ -121,7 +124,17 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         "protocol": {"n0": b.n0, "n": b.n, "alpha": b.alpha},
         "calibration": {
             k: calibration[k]
-            for k in ("method", "scale", "epsilon", "shift", "set_size", "empirical_violation_rate")
+            for k in (
+                "method",
+                "scale",
+                "epsilon",
+                "shift",
+                "set_size",
+                "empirical_violation_rate",
+                "bin_edges",
+                "bin_shifts",
+            )
+            if k in calibration
         },
         "graphs": graphs,
         "exporter": {"config": cfg.to_dict(), "code_revision": code_revision()},

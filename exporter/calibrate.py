@@ -5,7 +5,9 @@ alpha) on the base model, and the surrogate's raw served bound p_raw for each. A
 certificate with shift q over-claims when its radius exceeds the Monte-Carlo radius, or when it
 names another class with a positive radius; `server.smoothing.overestimation_scores` turns that
 into one score per image, and the split-conformal quantile of those scores is q:
-for a new image exchangeable with the calibration set, P(over-claim) <= epsilon.
+for a new image exchangeable with the calibration set, P(over-claim) <= epsilon. With several
+candidate bin counts, one q per bin of the raw bound (Mondrian), chosen and fitted as
+`exporter.fidelity.fit_rule` says.
 Artifact: `<work>/calibration.json` (+ the Monte-Carlo results in `<work>/calib_mc/`).
 """
 
@@ -20,9 +22,10 @@ import numpy as np
 from exporter import data as data_stage
 from exporter.certify_images import certify_all
 from exporter.config import Config
+from exporter.fidelity import Evidence, Protocol, fit_rule
 from exporter.onnx_export import ensure_onnx
 from server.runtime import OnnxPredictor, make_session
-from server.smoothing import fit_conformal_shift, overestimation_scores, surrogate_p_lower
+from server.smoothing import ShiftRule
 
 log = logging.getLogger(__name__)
 
@@ -33,48 +36,66 @@ def surrogate_probabilities(onnx_path: Path, images_uint8: np.ndarray, batch: in
     return np.concatenate([predict(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def served_raw(probs: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(class, uncalibrated p_a_lower) the server would derive from surrogate outputs."""
-    c = probs.argmax(1)
-    return c, np.atleast_1d(surrogate_p_lower(probs[np.arange(len(probs)), c], n, alpha))
+def evidence(cfg: Config, work: Path, split, name: str, seed: int, surrogate: Path) -> Evidence:
+    """Monte-Carlo counts (resumable, in `<work>/<name>`) and surrogate outputs for one split."""
+    base = ensure_onnx(work, "base", cfg.export, split.images)
+    mc = certify_all(
+        base,
+        split.images,
+        cfg.bundle,
+        batch_size=cfg.calibrate.batch_size,
+        seed=seed,
+        out_dir=work / name,
+        desc=f"{name}: Monte-Carlo",
+    )
+    probs = surrogate_probabilities(surrogate, split.images)
+    return Evidence(split.labels, mc.counts0, mc.counts, probs), mc.seconds
 
 
 def run(cfg: Config, work: Path) -> Path:
     b, c = cfg.bundle, cfg.calibrate
     ds = data_stage.load(work)
-    base = ensure_onnx(work, "base", cfg.export, ds.calib.images)
     surrogate = ensure_onnx(work, "surrogate", cfg.export, ds.calib.images)
-    mc = certify_all(
-        base,
-        ds.calib.images,
-        b,
-        batch_size=c.batch_size,
+    calib, seconds = evidence(cfg, work, ds.calib, "calib_mc", c.seed, surrogate)
+    protocol = Protocol(b.n, b.alpha, b.sigma)
+    fit = fit_rule(
+        calib,
+        protocol,
+        epsilon=c.epsilon,
+        candidates=c.bins,
+        selection_fraction=c.selection_fraction,
+        selection_radii=c.selection_radii,
         seed=c.seed,
-        out_dir=work / "calib_mc",
-        desc="calibrate: Monte-Carlo",
     )
-    served_class, p_raw = served_raw(
-        surrogate_probabilities(surrogate, ds.calib.images), b.n, b.alpha
-    )
-    scores = overestimation_scores(served_class, p_raw, mc.predicted, mc.p_a_lower)
-    shift = fit_conformal_shift(scores, c.epsilon)
+    z, scores = calib.raw_z_and_scores(protocol)
+    binned = isinstance(fit.rule, ShiftRule)
     result = {
-        "method": "split-conformal",
+        "method": "mondrian-conformal" if binned else "split-conformal",
         "scale": "normal_quantile",  # served Phi^-1(pABar) = raw - shift: radius - sigma * shift
         "epsilon": c.epsilon,
-        "shift": shift,
-        "set_size": int(len(scores)),
-        "empirical_violation_rate": float(np.mean(scores > shift)),
+        "shift": max(fit.rule.shifts) if binned else fit.rule,
+        "set_size": int(len(fit.fit_rows)),
+        "empirical_violation_rate": fit.empirical_violation_rate,
         "uncalibrated_violation_rate": float(np.mean(scores > 0)),
-        "monte_carlo_seconds_per_image": float(mc.seconds.mean()),
+        "monte_carlo_seconds_per_image": float(seconds.mean()),
+        "selection": {
+            "images": int(len(calib) - len(fit.fit_rows)),
+            "mean_certified_accuracy_by_bins": {str(k): v for k, v in fit.selection.items()},
+            "radii": list(c.selection_radii),
+            "bins": fit.bins,
+        },
     }
+    if binned:
+        result |= {"bin_edges": list(fit.rule.edges), "bin_shifts": list(fit.rule.shifts)}
     out = work / "calibration.json"
     out.write_text(json.dumps(result, indent=2))
     log.info(
-        "calibrate: shift q = %.5f (epsilon %.3f, %d images); over-claims %.3f raw -> %.3f",
-        shift,
+        "calibrate: %s, shifts %s (epsilon %.3f, fitted on %d images); over-claims %.3f raw -> "
+        "%.3f",
+        result["method"],
+        fit.rule.shifts if binned else f"{fit.rule:.4f}",
         c.epsilon,
-        len(scores),
+        len(fit.fit_rows),
         result["uncalibrated_violation_rate"],
         result["empirical_violation_rate"],
     )

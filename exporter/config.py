@@ -33,6 +33,8 @@ class DataConfig:
     train_per_class: int = 0  # images per class read from train/ (0 = all)
     test_per_class: int = 0  # images per class read from test/ (0 = all)
     calibration_images: int = 500  # held out of train/: never trained on, used to calibrate
+    calibration_test_images: int = 0  # more calibration images from test/ (never the eval ones)
+    holdout_images: int = 0  # test/ images used by no stage: an unseen check of the report
     eval_every: int = 18  # evaluation subset = every k-th test image ...
     eval_images: int = 500  # ... at most this many
     max_bad_fraction: float = 0.01  # unreadable images are skipped; fatal above this fraction
@@ -51,6 +53,9 @@ class TrainBaseConfig:
     augment: bool = True  # random crop (pad 4) + horizontal flip
     threads: int = 0  # torch CPU threads (0 = all cores)
     seed: int = 0
+    # a trained base graph (e.g. a committed bundle's base.onnx) to import instead of training:
+    # its Monte-Carlo results are then those of the very file that bundle serves
+    from_onnx: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ class TargetsConfig:
     num_samples: int = 32  # N: noisy copies per training image for its count vector
     batch_size: int = 1024  # noisy images per onnxruntime call
     chunk_images: int = 2048  # images per resumable chunk file
+    # adaptive N: an image whose top class took >= confident_fraction of its N draws gets
+    # extra_samples more, to resolve p_A in 0.99-0.9999, where certified radii live
+    extra_samples: int = 0
+    confident_fraction: float = 1.0
     seed: int = 0
 
 
@@ -80,6 +89,12 @@ class CalibrateConfig:
     epsilon: float = 0.01  # bound on P(served certificate over-claims the Monte-Carlo one)
     batch_size: int = 1000  # noisy images per onnxruntime call
     seed: int = 1
+    # Mondrian calibration (exporter.fidelity.fit_rule): candidate numbers of bins of the raw
+    # bound, chosen on a selection part of the calibration images by mean certified accuracy
+    # at selection_radii; (1,) with selection_fraction 0 is one shift fitted on every image
+    bins: tuple[int, ...] = (1,)
+    selection_fraction: float = 0.0
+    selection_radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class Dataset:
     train: Split
     calib: Split
     eval: Split
+    holdout: Split  # test images no stage uses (may be empty): the report's unseen check
 
 
 def read_image_folder(split_dir: Path, per_class: int = 0, max_bad_fraction: float = 0.01):
@@ -134,6 +135,17 @@ def prepare(cfg: DataConfig, work: Path) -> Path:
     order = np.random.default_rng(cfg.seed).permutation(len(x))
     calib, train = order[: cfg.calibration_images], np.sort(order[cfg.calibration_images :])
     evaluation = np.arange(0, len(xt), cfg.eval_every)[: cfg.eval_images]
+    # the other test images, in a seeded order: more calibration images, then the hold-out
+    rest = np.setdiff1d(np.arange(len(xt)), evaluation)
+    rest = np.random.default_rng([cfg.seed, 1]).permutation(rest)
+    wanted = cfg.calibration_test_images + cfg.holdout_images
+    if wanted > len(rest):
+        raise DatasetError(
+            f"{root}/test: {len(rest)} images outside the eval subset, cannot take {wanted} "
+            "for calibration and hold-out"
+        )
+    calib_test = np.sort(rest[: cfg.calibration_test_images])
+    holdout = np.sort(rest[cfg.calibration_test_images : wanted])
     out = work / "data.npz"
     work.mkdir(parents=True, exist_ok=True)
     np.savez(
@@ -141,17 +153,24 @@ def prepare(cfg: DataConfig, work: Path) -> Path:
         classes=np.asarray(classes),
         train_x=x[train],
         train_y=y[train],
-        calib_x=x[calib],
-        calib_y=y[calib],
+        calib_x=np.concatenate([x[calib], xt[calib_test]]),
+        calib_y=np.concatenate([y[calib], yt[calib_test]]),
+        calib_test_index=calib_test,
         eval_x=xt[evaluation],
         eval_y=yt[evaluation],
         eval_index=evaluation,
+        holdout_x=xt[holdout],
+        holdout_y=yt[holdout],
+        holdout_index=holdout,
     )
     log.info(
-        "data: %d train, %d calibration, %d eval images of %d classes, shape %s",
+        "data: %d train, %d calibration (%d from test/), %d eval, %d hold-out images of %d "
+        "classes, shape %s",
         len(train),
-        len(calib),
+        len(calib) + len(calib_test),
+        len(calib_test),
         len(evaluation),
+        len(holdout),
         len(classes),
         x.shape[1:],
     )
@@ -169,6 +188,9 @@ def load(work: Path) -> Dataset:
         train=Split(d["train_x"], d["train_y"]),
         calib=Split(d["calib_x"], d["calib_y"]),
         eval=Split(d["eval_x"], d["eval_y"]),
+        holdout=Split(d["holdout_x"], d["holdout_y"])
+        if "holdout_x" in d
+        else Split(d["eval_x"][:0], d["eval_y"][:0]),
     )
 
 

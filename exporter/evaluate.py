@@ -1,9 +1,11 @@
 """Stage 7, evaluate: how well the surrogate stands in for Monte-Carlo certification.
 
-On the held-out evaluation subset (every k-th test image), runs CERTIFY on the base model (the
-Monte-Carlo ground truth, the code of /certify/sampled) and the served surrogate rule, raw and
-calibrated (the code of /certify), then writes into the bundle:
-`report.json`, `report.md`, `certified_accuracy.png`, and the manifest's evaluation summary.
+On the held-out evaluation subset (every k-th test image) and the hold-out test images no stage
+uses, runs CERTIFY on the base model (the Monte-Carlo ground truth, the code of
+/certify/sampled) and the served surrogate rule, raw and calibrated (the code of /certify), then
+writes into the bundle: `evidence.npz` (per-image counts and surrogate outputs of the
+calibration, evaluation and hold-out images, from which `python -m exporter.tables` recomputes
+every table), `report.json`, `report.md`, `certified_accuracy.png`, and the manifest's summary.
 Certified accuracy at r: the fraction of images certified with the true class and radius >= r.
 """
 
@@ -17,36 +19,20 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
-from exporter.calibrate import served_raw, surrogate_probabilities
-from exporter.certify_images import certify_all
+from exporter.calibrate import evidence
 from exporter.config import Config
+from exporter.fidelity import EVIDENCE, Protocol, save_evidence, tables
 from exporter.report import write_markdown, write_plot
-from exporter.scoring import accuracy_table, overestimated
+from server.bundle import Manifest
 from server.runtime import OnnxPredictor, make_session
-from server.smoothing import apply_shift, certify_from_probabilities, radius_from_p_lower
+from server.smoothing import certify_from_probabilities, radius_from_p_lower
 
 log = logging.getLogger(__name__)
 
 
-def compare(served_pred, served_radius, mc) -> dict:
-    """Certificate-level agreement of a served rule with Monte-Carlo, over the same images."""
-    same = served_pred == mc.predicted
-    over = overestimated(served_pred, served_radius, mc.predicted, mc.radius)
-    under = same & (mc.predicted >= 0) & (served_radius < mc.radius - 1e-12)
-    return {
-        "overestimation_rate": float(over.mean()),
-        "underestimation_rate": float(under.mean()),
-        "mean_abs_radius_error": float(np.abs(served_radius - mc.radius).mean()),
-        "abstention_agreement": float(((served_pred < 0) == (mc.predicted < 0)).mean()),
-        "certificate_class_agreement": float(same.mean()),
-    }
-
-
-def time_served(surrogate: Path, images_uint8, n: int, alpha: float, sigma: float, shift: float):
+def time_served(surrogate: Path, images_uint8, n: int, alpha: float, sigma: float, shift):
     """Seconds per image of the served rule: one batch-1 onnxruntime call plus the math."""
     predict = OnnxPredictor(make_session(surrogate))
     x = data_stage.to_float(images_uint8)
@@ -78,64 +64,43 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     b, c = cfg.bundle, cfg.evaluate
     ds = data_stage.load(work)
     manifest = read_manifest(out)
-    shift = manifest["calibration"]["shift"] if manifest.get("calibration") else 0.0
-    labels = ds.eval.labels
-    mc = certify_all(
-        out / "base.onnx",
-        ds.eval.images,
-        b,
-        batch_size=c.batch_size,
-        seed=c.seed,
-        out_dir=work / "eval_mc",
-        desc="evaluate: Monte-Carlo",
-    )
-    probs = surrogate_probabilities(out / "surrogate.onnx", ds.eval.images)
-    served_class, p_raw = served_raw(probs, b.n, b.alpha)
-    methods = {"monte_carlo": (mc.predicted, mc.radius)}
-    for name, q in (("surrogate_raw", 0.0), ("surrogate_calibrated", shift)):
-        p = apply_shift(p_raw, q)
-        methods[name] = (
-            np.where(p > 0.5, served_class, -1),
-            np.asarray(radius_from_p_lower(p, b.sigma)),
-        )
-    m = len(labels)
-    tables = {
-        name: accuracy_table(pred, rad, labels, c.radii) for name, (pred, rad) in methods.items()
-    }
-    table = {name: t[0] for name, t in tables.items()}
-    served_s = time_served(
-        out / "surrogate.onnx", ds.eval.images[:200], b.n, b.alpha, b.sigma, shift
-    )
+    calibration = Manifest.model_validate(manifest).calibration
+    rule = calibration.rule if calibration else 0.0
+    surrogate = out / "surrogate.onnx"
+    protocol = Protocol(b.n, b.alpha, b.sigma)
+    sets, seconds = {}, {}
+    for name, split, folder, seed in (
+        ("calibration", ds.calib, "calib_mc", cfg.calibrate.seed),
+        ("evaluation", ds.eval, "eval_mc", c.seed),
+        ("holdout", ds.holdout, "holdout_mc", c.seed + 1),
+    ):
+        if len(split.labels):
+            sets[name], seconds[name] = evidence(cfg, work, split, folder, seed, surrogate)
+    save_evidence(out / EVIDENCE, sets)
+    results = {name: tables(e, protocol, rule, c.radii) for name, e in sets.items()}
+    main = results["evaluation"]
+    served_s = time_served(surrogate, ds.eval.images[:200], b.n, b.alpha, b.sigma, rule)
+    mc_s = seconds["evaluation"]
     report = {
         "bundle": b.name,
         "sigma": b.sigma,
         "protocol": {"n0": b.n0, "n": b.n, "alpha": b.alpha},
-        "images": m,
         "eval_every": cfg.data.eval_every,
-        "calibration_shift": shift,
-        "certified_accuracy": table,
-        "certified_accuracy_stderr": {name: t[1] for name, t in tables.items()},
-        "top1_agreement": float(np.mean(probs.argmax(1) == mc.counts.argmax(1))),
-        "clean_accuracy_of_top_class": {
-            "monte_carlo": float(np.mean(mc.counts.argmax(1) == labels)),
-            "surrogate": float(np.mean(probs.argmax(1) == labels)),
-        },
-        "versus_monte_carlo": {
-            name: compare(*methods[name], mc) for name in ("surrogate_raw", "surrogate_calibrated")
-        },
+        "calibration": calibration.model_dump() if calibration else None,
+        **{k: v for k, v in main.items() if k != "curves"},
+        "holdout": {k: v for k, v in results.get("holdout", {}).items() if k != "curves"},
         "seconds_per_image": {
-            "monte_carlo": float(mc.seconds.mean()),
-            "monte_carlo_std": float(mc.seconds.std()),
+            "monte_carlo": float(mc_s.mean()),
+            "monte_carlo_std": float(mc_s.std()),
             "surrogate": served_s,
         },
-        "speedup": float(mc.seconds.mean() / served_s),
+        "speedup": float(mc_s.mean() / served_s),
         "max_certifiable_radius": float(radius_from_p_lower(b.alpha ** (1 / b.n), b.sigma)),
         "max_radius_at_100k": float(radius_from_p_lower(b.alpha ** (1 / 100_000), b.sigma)),
         "environment": environment(),
     }
-    curves = {name: (pred, rad) for name, (pred, rad) in methods.items()}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_plot(out / "certified_accuracy.png", curves, labels, b)
+    write_plot(out / "certified_accuracy.png", main["curves"], ds.eval.labels, b)
     write_markdown(out / "report.md", report)
     manifest["evaluation"] = {
         k: report[k] for k in ("images", "certified_accuracy", "top1_agreement", "speedup")
@@ -144,5 +109,5 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         "surrogate_calibrated"
     ]["overestimation_rate"]
     write_manifest(out, manifest)
-    log.info("evaluate: %s", json.dumps(table))
+    log.info("evaluate: %s", json.dumps(report["certified_accuracy"]))
     return out / "report.json"

@@ -29,6 +29,7 @@ import numpy as np
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
 from exporter.scoring import accuracy_table, overestimated
+from server.bundle import Manifest
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from server.sampling import certify, fallback_samples, measure_throughput
 from server.smoothing import certify_from_counts, certify_from_probabilities, hybrid_route
@@ -74,7 +75,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
     manifest = read_manifest(bundle)
     sigma, proto = manifest["sigma"], manifest["protocol"]
     n, alpha = proto["n"], proto["alpha"]
-    shift = (manifest.get("calibration") or {}).get("shift", 0.0)
+    shift = Manifest.model_validate(manifest).shift  # one shift or a shift per bin
     ds = data_stage.load(work)
     x, labels = data_stage.to_float(ds.eval.images), ds.eval.labels
     one_thread = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)

@@ -8,8 +8,10 @@ Artifact: `<work>/base.pt` (weights, normalization, arch, config, finished epoch
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,8 +52,69 @@ def noisy_accuracy(model, images_uint8, labels, sigma: float, seed: int = 0) -> 
     return float(correct) / len(labels)
 
 
+def import_onnx(cfg: Config, work: Path) -> Path:
+    """base.pt from a trained `cnn` graph (`train_base.from_onnx`), and that very graph as
+    `<work>/base.onnx`, so every Monte-Carlo result is of the file the old bundle served.
+
+    The exporter folds each BatchNorm into its convolution; here each BatchNorm becomes the
+    identity plus the folded bias (mean 0, var 1, weight sqrt(1 + eps)), which computes the same
+    function in eval mode. `folded_batchnorm` in the checkpoint tells the surrogate stage to keep
+    those layers in eval mode while fine-tuning (batch statistics would undo the folding).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    c, source = cfg.train_base, Path(cfg.train_base.from_onnx)
+    graph = onnx.load(source).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    (gemm,) = [node for node in graph.node if node.op_type == "Gemm"]
+    mean = init["0.mean"].reshape(-1).tolist()
+    std = init["0.std"].reshape(-1).tolist()
+    num_classes = init[gemm.input[2]].shape[0]
+    model = models.build(c.arch, c.widths, num_classes, mean, std)
+    conv_layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if len(conv_layers) != len(convs):
+        raise ValueError(f"{source}: {len(convs)} convolutions, the {c.arch} config has "
+                         f"{len(conv_layers)}; set train_base.widths to the graph's")  # fmt: skip
+    with torch.no_grad():
+        for node, conv, norm in zip(convs, conv_layers, norms, strict=True):
+            conv.weight.copy_(torch.as_tensor(init[node.input[1]]))
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0)
+            norm.weight.fill_(float(np.sqrt(1.0 + norm.eps)))
+            norm.bias.copy_(torch.as_tensor(init[node.input[2]]))
+        linear.weight.copy_(torch.as_tensor(init[gemm.input[1]]))
+        linear.bias.copy_(torch.as_tensor(init[gemm.input[2]]))
+    model.eval()
+    ckpt = work / "base.pt"
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "epoch": c.epochs,
+            "arch": c.arch,
+            "widths": list(c.widths),
+            "num_classes": num_classes,
+            "mean": mean,
+            "std": std,
+            "sigma": cfg.bundle.sigma,
+            "config": cfg.to_dict(),
+            "imported_from": str(source),
+            "folded_batchnorm": True,
+        },
+        ckpt,
+    )
+    shutil.copyfile(source, work / "base.onnx")  # newer than base.pt: ensure_onnx keeps it
+    log.info("train-base: imported %s (%d classes) instead of training", source, num_classes)
+    return ckpt
+
+
 def run(cfg: Config, work: Path) -> Path:
     c, sigma = cfg.train_base, cfg.bundle.sigma
+    if c.from_onnx:
+        return import_onnx(cfg, work)
     if c.threads:
         torch.set_num_threads(c.threads)
     ds = data_stage.load(work)

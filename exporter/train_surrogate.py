@@ -18,7 +18,7 @@ import torch
 from exporter import data as data_stage
 from exporter import models
 from exporter.config import Config
-from exporter.losses import LOSSES, js_divergence
+from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
     augment,
     load_checkpoint,
@@ -31,11 +31,19 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def held_out_js(model, images_uint8, targets) -> float:
-    """Mean JS divergence on images the surrogate was not fitted to."""
+def held_out_summary(model, images_uint8, freqs, draws) -> str:
+    """JS divergence and the mean |error| of Phi^-1(p_top), the scale radii live on, on images
+    the surrogate was not fitted to (targets smoothed as in the probit loss)."""
     model.eval()
     x = torch.as_tensor(images_uint8).float() / 255.0
-    return float(js_divergence(model(x), torch.as_tensor(targets)))
+    logits = model(x)
+    q = torch.as_tensor(freqs)
+    top = q.argmax(1, keepdim=True)
+    n = torch.as_tensor(draws, dtype=torch.float32).view(-1)
+    q_top = (q.gather(1, top).squeeze(1) * n + 0.5) / (n + 1.0)
+    p_top = torch.softmax(logits, 1).gather(1, top).squeeze(1).clamp(1e-6, 1 - 1e-6)
+    probit = (torch.special.ndtri(p_top) - torch.special.ndtri(q_top)).abs().mean()
+    return f"held-out JS {float(js_divergence(logits, q)):.4f} probit MAE {float(probit):.3f}"
 
 
 def run(cfg: Config, work: Path) -> Path:
@@ -44,7 +52,11 @@ def run(cfg: Config, work: Path) -> Path:
         torch.set_num_threads(c.threads)
     ds = data_stage.load(work)
     counts = np.load(work / "targets" / "counts.npy")
-    freqs = torch.as_tensor(counts / counts.sum(1, keepdims=True), dtype=torch.float32)
+    draws = counts.sum(1, keepdims=True)  # N per image: adaptive N gives confident ones more
+    freqs = torch.as_tensor(counts / draws, dtype=torch.float32)
+    targets = freqs
+    if c.loss in WITH_DRAW_COUNTS:
+        targets = torch.cat([freqs, torch.as_tensor(draws, dtype=torch.float32)], dim=1)
     base = torch.load(work / "base.pt", map_location="cpu", weights_only=False)
     torch.manual_seed(c.seed)
     model = models.build(
@@ -55,7 +67,7 @@ def run(cfg: Config, work: Path) -> Path:
     # the last 2% of training images (at most 1,000) stay out of the fit: a held-out JS loss
     held = min(1000, max(1, len(freqs) // 50))
     fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, None)
-    x_all, y_all = torch.as_tensor(ds.train.images[fit]), freqs[fit]
+    x_all, y_all = torch.as_tensor(ds.train.images[fit]), targets[fit]
     steps_per_epoch = len(y_all) // c.batch_size
     opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.2)
     ckpt = work / "surrogate.pt"
@@ -79,6 +91,9 @@ def run(cfg: Config, work: Path) -> Path:
         ckpt=ckpt,
         extra=extra,
         desc="train-surrogate",
-        on_epoch_end=lambda m: f"held-out JS {held_out_js(m, watch_x, watch_y):.4f}",
+        # an imported base has its BatchNorms folded to identities: batch statistics would
+        # undo that, so they stay in eval mode (their scale and bias still train)
+        frozen_norm=bool(base.get("folded_batchnorm")),
+        on_epoch_end=lambda m: held_out_summary(m, watch_x, watch_y, draws[watch]),
     )
     return ckpt

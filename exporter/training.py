@@ -92,10 +92,15 @@ def run_epochs(
     extra,
     desc,
     on_epoch_end=None,
+    frozen_norm=False,
 ):
     """The loop: for each epoch, `steps(epoch)` yields (inputs, targets); checkpoint per epoch."""
     for epoch in range(start_epoch, epochs):
         model.train()
+        if frozen_norm:  # BatchNorm keeps its running statistics: eval mode, weights still train
+            for module in model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         bar = tqdm(steps(epoch), desc=f"{desc} {epoch + 1}/{epochs}", mininterval=5, leave=False)
         for inputs, targets in bar:
@@ -107,7 +112,7 @@ def run_epochs(
             scheduler.step()
             seen += len(inputs)
             loss_sum += loss.item() * len(inputs)
-            hard = targets if targets.ndim == 1 else targets.argmax(1)
+            hard = targets if targets.ndim == 1 else targets[:, : out.shape[1]].argmax(1)
             correct += (out.argmax(1) == hard).sum().item()
             bar.set_postfix(
                 loss=f"{loss_sum / seen:.3f}",

@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from server.errors import BundleError
+from server.smoothing import ShiftRule
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,29 @@ class Protocol(_Frozen):
 
 class Calibration(_Frozen):
     epsilon: float = Field(gt=0.0, lt=1.0)
-    shift: float = Field(ge=0.0)  # may be +inf: too few calibration images, always abstain
+    # one shift for every image; with bins, the largest of them (what a reader that does not
+    # know bins applies: never more generous than the binned rule). May be +inf: always abstain
+    shift: float = Field(ge=0.0)
     set_size: int = Field(gt=0)
     empirical_violation_rate: float | None = None
     method: str = "split-conformal"
+    # Mondrian split-conformal ("mondrian-conformal"): one shift per bin of Phi^-1(raw pABar),
+    # bin_edges increasing, len(bin_shifts) == len(bin_edges) + 1 (server.smoothing.ShiftRule)
+    bin_edges: tuple[float, ...] = ()
+    bin_shifts: tuple[float, ...] = ()
+
+    @model_validator(mode="after")
+    def _bins_are_consistent(self) -> Calibration:
+        if self.bin_edges or self.bin_shifts:
+            ShiftRule(self.bin_edges, self.bin_shifts)  # raises ValueError when inconsistent
+            if any(q < 0 for q in self.bin_shifts):
+                raise ValueError("bin_shifts must be >= 0: calibration only lowers radii")
+        return self
+
+    @property
+    def rule(self) -> float | ShiftRule:
+        """What the served rule subtracts: the binned rule when there are bins, else `shift`."""
+        return ShiftRule(self.bin_edges, self.bin_shifts) if self.bin_shifts else self.shift
 
 
 class GraphSpec(_Frozen):
@@ -104,9 +124,10 @@ class Manifest(_Frozen):
         return len(self.classes)
 
     @property
-    def shift(self) -> float:
-        """The calibration shift subtracted from served bounds (0 when uncalibrated)."""
-        return self.calibration.shift if self.calibration else 0.0
+    def shift(self) -> float | ShiftRule:
+        """The calibration subtracted from served bounds on the normal-quantile scale: one shift,
+        or a shift per bin (`ShiftRule`); 0 when uncalibrated."""
+        return self.calibration.rule if self.calibration else 0.0
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -16,7 +16,9 @@ Accelerated Smoothing (Bhardwaj, Kaushik & Gupta 2024) replaces the two sampling
 surrogate network that predicts the class-frequency vector counts / n directly; the served
 certificate then applies the same LOWERCONFBOUND to the predicted count round(pA * n), minus a
 conformal calibration shift (`fit_conformal_shift`, on the normal-quantile scale) that bounds
-how often the served radius exceeds the Monte-Carlo one.
+how often the served radius exceeds the Monte-Carlo one. The shift may depend on how confident
+the surrogate is (`ShiftRule`, Mondrian conformal): one split-conformal shift per bin of the raw
+bound, so a bin where the surrogate is accurate is not cut as deeply as one where it is not.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def certify_from_counts(counts0, counts, alpha: float, sigma: float) -> Certific
     return Certificate(c_a, False, radius_from_p_lower(p_a_lower, sigma), p_a_lower)
 
 
-def surrogate_p_lower(p_a, n: int, alpha: float, shift: float = 0.0):
+def surrogate_p_lower(p_a, n: int, alpha: float, shift: float | ShiftRule = 0.0):
     """The bound CERTIFY would compute if it had observed the frequency `p_a` over `n` samples.
 
     The surrogate's pA stands for nA / n, so nA = round(pA * n). `shift` is the conformal
@@ -94,13 +96,46 @@ def surrogate_p_lower(p_a, n: int, alpha: float, shift: float = 0.0):
     return apply_shift(clopper_pearson_lower(n_a, n, alpha), shift)
 
 
-def apply_shift(p_a_lower, shift: float):
-    """Phi(Phi^-1(pABar) - shift): lowers the radius sigma * Phi^-1(pABar) by sigma * shift."""
+@dataclass(frozen=True)
+class ShiftRule:
+    """A calibration shift per bin of the raw bound (Mondrian split-conformal).
+
+    The bin of an image is where z_raw = Phi^-1(raw pABar) falls among `edges` (increasing;
+    bin j holds edges[j-1] <= z_raw < edges[j]); its served bound is Phi(z_raw - shifts[j]).
+    Each bin's shift is the split-conformal quantile of the scores of the calibration images in
+    that bin, so P(over-claim | bin) <= epsilon for every bin, hence overall. Hashable: the
+    micro-batcher groups requests by their rule.
+    """
+
+    edges: tuple[float, ...]
+    shifts: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.shifts) != len(self.edges) + 1:
+            raise ValueError(f"{len(self.edges)} bin edges need {len(self.edges) + 1} shifts")
+        if list(self.edges) != sorted(self.edges):
+            raise ValueError(f"bin edges must increase: {self.edges}")
+
+    def bin_of(self, z_raw):
+        return np.searchsorted(np.asarray(self.edges, dtype=np.float64), z_raw, side="right")
+
+    def at(self, z_raw):
+        """The shift that applies to raw normal-quantile bound(s) `z_raw`."""
+        return np.asarray(self.shifts, dtype=np.float64)[self.bin_of(z_raw)]
+
+
+def apply_shift(p_a_lower, shift: float | ShiftRule):
+    """Phi(Phi^-1(pABar) - shift): lowers the radius sigma * Phi^-1(pABar) by sigma * shift;
+    with a `ShiftRule`, by the shift of the bin that Phi^-1(pABar) falls in."""
+    if isinstance(shift, ShiftRule):
+        z = ndtri(np.asarray(p_a_lower, dtype=np.float64))
+        out = ndtr(z - shift.at(z))
+        return float(out) if out.ndim == 0 else out
     return p_a_lower if shift == 0 else ndtr(ndtri(p_a_lower) - shift)
 
 
 def certify_from_probabilities(
-    probs, n: int, alpha: float, sigma: float, shift: float = 0.0
+    probs, n: int, alpha: float, sigma: float, shift: float | ShiftRule = 0.0
 ) -> list[Certificate]:
     """Served certificates for a batch of surrogate outputs `probs` [B, K] (rows sum to 1)."""
     probs = np.atleast_2d(np.asarray(probs))
@@ -146,6 +181,20 @@ def fit_conformal_shift(scores, epsilon: float) -> float:
     if rank > m:
         return math.inf
     return max(0.0, float(scores[rank - 1]))
+
+
+def fit_binned_shifts(z_raw, scores, edges, epsilon: float) -> ShiftRule:
+    """Mondrian split-conformal: `fit_conformal_shift` on the scores of each bin of `z_raw`.
+
+    `edges` must not depend on these calibration scores (choose them on other images) for the
+    per-bin guarantee to hold; a bin with fewer than 1/epsilon - 1 images gets +inf (always
+    abstain there), exactly as one global shift would with too few images.
+    """
+    rule = ShiftRule(tuple(float(e) for e in edges), (0.0,) * (len(edges) + 1))
+    bins = rule.bin_of(np.asarray(z_raw, dtype=np.float64))
+    scores = np.asarray(scores, dtype=np.float64)
+    shifts = tuple(fit_conformal_shift(scores[bins == j], epsilon) for j in range(len(edges) + 1))
+    return ShiftRule(rule.edges, shifts)
 
 
 def hybrid_route(p_a, p_a_lower, margin: float):

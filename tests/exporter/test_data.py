@@ -64,3 +64,43 @@ def test_unreadable_images_are_fatal_above_the_threshold(tmp_path):
     (split / "a" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="unreadable"):
         read_image_folder(split, max_bad_fraction=0.01)
+
+
+def test_prepare_draws_calibration_and_hold_out_images_from_test_outside_the_eval_subset(
+    cifar_root, tmp_path
+):
+    cfg = DataConfig(
+        root=str(cifar_root),
+        train_per_class=5,
+        test_per_class=10,
+        calibration_images=10,
+        calibration_test_images=30,
+        holdout_images=20,
+        eval_every=4,
+        eval_images=25,
+    )
+    data.prepare(cfg, tmp_path)
+    ds = data.load(tmp_path)
+    assert len(ds.calib.labels) == 40 and len(ds.holdout.labels) == 20
+    saved = np.load(tmp_path / "data.npz")
+    evaluation, calib, holdout = (
+        set(saved[k].tolist()) for k in ("eval_index", "calib_test_index", "holdout_index")
+    )
+    assert len(calib) == 30 and len(holdout) == 20
+    assert not (evaluation & calib) and not (evaluation & holdout) and not (calib & holdout)
+    xt, _, _ = read_image_folder(cifar_root / "test", per_class=10)
+    assert np.array_equal(ds.holdout.images, xt[sorted(holdout)])
+
+
+def test_asking_for_more_test_images_than_there_are_is_an_error(cifar_root, tmp_path):
+    cfg = DataConfig(
+        root=str(cifar_root),
+        train_per_class=5,
+        test_per_class=2,
+        calibration_images=10,
+        calibration_test_images=16,
+        eval_every=4,
+        eval_images=5,
+    )
+    with pytest.raises(DatasetError, match="cannot take 16"):
+        data.prepare(cfg, tmp_path)

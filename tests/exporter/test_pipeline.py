@@ -3,13 +3,14 @@
 import dataclasses
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from exporter import bundle, pipeline
+from exporter import bundle, pipeline, tables
 from exporter.bundle import BundleExistsError, sha256
 from server.app import create_app
 from tests.server.helpers import settings_for, wait_ready
@@ -30,9 +31,11 @@ def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
         "report.json",
         "report.md",
         "certified_accuracy.png",
+        "evidence.npz",
     ):
         assert manifest["sha256"][name] == sha256(out / name)
-    assert manifest["calibration"]["set_size"] == 100
+    # 100 train + 40 test calibration images; 30% of them choose the rule, the rest fit it
+    assert manifest["calibration"]["set_size"] == 98
     assert manifest["evaluation"]["images"] == 30
     assert manifest["graphs"]["surrogate"]["output"] == "probabilities"
 
@@ -51,6 +54,26 @@ def test_report_compares_three_methods_at_the_table_radii(smoke_run):
     assert values == sorted(values, reverse=True)  # certified accuracy decreases with r
     assert report["speedup"] > 1
     assert "| Monte-Carlo (CERTIFY) |" in (out / "report.md").read_text()
+
+
+def test_every_report_table_is_recomputed_from_the_evidence_alone(smoke_run, tmp_path):
+    _, _, out = smoke_run
+    assert tables.differences(out) == []
+    copy = shutil.copytree(out, tmp_path / "smoke")
+    report = json.loads((copy / "report.json").read_text())
+    report["certified_accuracy"]["surrogate_calibrated"]["0"] += 0.01
+    (copy / "report.json").write_text(json.dumps(report))
+    assert tables.differences(copy) == ["evaluation.certified_accuracy"]
+
+
+def test_report_covers_the_hold_out_images_and_the_calibration_rule(smoke_run):
+    _, work, out = smoke_run
+    report = json.loads((out / "report.json").read_text())
+    assert report["holdout"]["images"] == 30
+    calibration = json.loads((work / "calibration.json").read_text())
+    assert set(calibration["selection"]["mean_certified_accuracy_by_bins"]) == {"1", "2"}
+    assert calibration["selection"]["images"] == 42
+    assert "## Hold-out: 30 test images no stage used" in (out / "report.md").read_text()
 
 
 def test_smoke_bundle_is_served_and_audited_over_http(smoke_run):

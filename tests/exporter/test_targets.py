@@ -1,9 +1,11 @@
-"""The targets stage: counts sum to N, a seed reproduces them, a killed run resumes exactly."""
+"""The targets stage: counts sum to N (or N + extra for confident images), a seed reproduces
+them, a killed run resumes exactly, stale chunks of another protocol are refused."""
 
 import dataclasses
 import shutil
 
 import numpy as np
+import pytest
 
 from exporter import targets
 
@@ -19,11 +21,27 @@ def _with_seed(cfg, seed):
     return dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, seed=seed))
 
 
-def test_counts_sum_to_n_for_every_image(smoke_run):
+def test_counts_sum_to_n_and_confident_images_get_the_extra_draws(smoke_run):
     cfg, work, _ = smoke_run
+    c = cfg.targets
     counts = np.load(work / "targets" / "counts.npy")
     assert counts.shape[1] == 10
-    assert (counts.sum(1) == cfg.targets.num_samples).all()
+    extra = counts.sum(1) == c.num_samples + c.extra_samples
+    assert (extra | (counts.sum(1) == c.num_samples)).all()
+    assert 0 < extra.sum() < len(counts)  # the smoke base is confident on some images only
+    # an image got more draws exactly when its first N were confident: then, all of its
+    # top-class draws but at most (1 - fraction) * N came from the first round
+    plain = counts[~extra]
+    assert (plain.max(1) < c.confident_fraction * c.num_samples).all()
+
+
+def test_chunks_of_another_protocol_are_refused(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    copy = _copy_work(work, tmp_path / "stale")
+    shutil.copytree(work / "targets", copy / "targets")
+    more = dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, extra_samples=64))
+    with pytest.raises(ValueError, match="another protocol or base model"):
+        targets.run(more, copy)
 
 
 def test_same_seed_gives_the_same_counts_and_another_seed_does_not(smoke_run, tmp_path):

@@ -1,0 +1,205 @@
+"""How faithfully served certificates stand in for Monte-Carlo ones, from per-image evidence alone.
+
+Every number of a bundle's report comes from four arrays per image set (calibration, evaluation,
+hold-out): the labels, the two rounds of Monte-Carlo counts (n0 selection, n estimation) and the
+surrogate's probabilities. `Evidence` holds them; the bundle ships them as `evidence.npz`, so
+`python -m exporter.tables models/<name>` recomputes every table without sampling.
+
+Calibration (`fit_rule`) picks the served rule on calibration images only:
+- split the calibration set in a seeded way into a selection part and a fitting part;
+- on the selection part, for each candidate number of bins K, cut the raw bound's normal
+  quantile z_raw at equal-mass edges (of the selection images' z_raw) and score the Mondrian
+  rule by its mean certified accuracy over `selection_radii` (K = 1 is one global shift);
+- fit the chosen edges' per-bin shifts on the fitting part alone. The edges and K depend only
+  on the selection part, so the fitting part and a new image stay exchangeable within each bin,
+  and P(over-claim) <= epsilon holds per bin, hence overall (split-conformal, Mondrian).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import ndtri
+
+from exporter.scoring import accuracy_table, certified_accuracy, overestimated
+from server.smoothing import (
+    ShiftRule,
+    apply_shift,
+    clopper_pearson_lower,
+    fit_binned_shifts,
+    overestimation_scores,
+    radius_from_p_lower,
+    surrogate_p_lower,
+)
+
+EVIDENCE = "evidence.npz"  # the bundle file holding every image set's Evidence
+
+
+@dataclass(frozen=True)
+class Protocol:
+    n: int
+    alpha: float
+    sigma: float
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One image set: labels [M], Monte-Carlo counts0/counts [M,K], surrogate probs [M,K]."""
+
+    labels: np.ndarray
+    counts0: np.ndarray
+    counts: np.ndarray
+    probs: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows) -> Evidence:
+        return Evidence(self.labels[rows], self.counts0[rows], self.counts[rows], self.probs[rows])
+
+    def monte_carlo(self, p: Protocol):
+        """CERTIFY's (class or -1, pABar, radius) per image, from the stored counts."""
+        c_a = self.counts0.argmax(1)
+        n_a = self.counts[np.arange(len(c_a)), c_a]
+        p_lower = np.atleast_1d(clopper_pearson_lower(n_a, self.counts.sum(1), p.alpha))
+        pred = np.where(p_lower > 0.5, c_a, -1)
+        return pred, p_lower, np.atleast_1d(radius_from_p_lower(p_lower, p.sigma))
+
+    def served(self, p: Protocol, rule: float | ShiftRule = 0.0):
+        """The served rule's (class or -1, pABar, radius) per image, with calibration `rule`."""
+        c = self.probs.argmax(1)
+        p_raw = np.atleast_1d(surrogate_p_lower(self.probs[np.arange(len(c)), c], p.n, p.alpha))
+        p_lower = np.atleast_1d(apply_shift(p_raw, rule))
+        pred = np.where(p_lower > 0.5, c, -1)
+        return pred, p_lower, np.atleast_1d(radius_from_p_lower(p_lower, p.sigma))
+
+    def raw_z_and_scores(self, p: Protocol):
+        """(Phi^-1 of the raw served bound, conformal over-claim score) per image."""
+        _, p_raw, _ = self.served(p)
+        c = self.probs.argmax(1)
+        mc_pred, mc_p, _ = self.monte_carlo(p)
+        return ndtri(p_raw), overestimation_scores(c, p_raw, mc_pred, mc_p)
+
+
+def save_evidence(path: Path, sets: dict[str, Evidence]) -> None:
+    """Compact .npz: counts as int32, probabilities as float32 (what the report recomputes)."""
+    arrays = {}
+    for name, e in sets.items():
+        arrays |= {
+            f"{name}_labels": e.labels.astype(np.int16),
+            f"{name}_counts0": e.counts0.astype(np.int32),
+            f"{name}_counts": e.counts.astype(np.int32),
+            f"{name}_probs": e.probs.astype(np.float32),
+        }
+    np.savez_compressed(path, **arrays)
+
+
+def load_evidence(path: Path) -> dict[str, Evidence]:
+    d = np.load(path)
+    names = sorted({k.rsplit("_", 1)[0] for k in d.files})
+    return {
+        name: Evidence(
+            d[f"{name}_labels"].astype(np.int64),
+            d[f"{name}_counts0"].astype(np.int64),
+            d[f"{name}_counts"].astype(np.int64),
+            d[f"{name}_probs"].astype(np.float64),
+        )
+        for name in names
+    }
+
+
+def mean_certified_accuracy(pred, radius, labels, radii) -> float:
+    return float(np.mean([certified_accuracy(pred, radius, labels, r) for r in radii]))
+
+
+def equal_mass_edges(z_raw, bins: int) -> tuple[float, ...]:
+    """bins - 1 interior edges that split the images the raw rule certifies (z_raw > 0) into
+    equal counts; images at or below 0 abstain whatever the shift, so they join the first bin."""
+    z = np.sort(np.asarray(z_raw)[np.asarray(z_raw) > 0])
+    if bins <= 1 or len(z) == 0:
+        return ()
+    return tuple(float(np.quantile(z, j / bins)) for j in range(1, bins))
+
+
+@dataclass(frozen=True)
+class RuleFit:
+    rule: float | ShiftRule
+    bins: int
+    selection: dict  # candidate K -> mean certified accuracy on the selection part
+    fit_rows: np.ndarray  # the calibration images the shifts were fitted on
+    empirical_violation_rate: float  # on those images
+
+
+def fit_rule(
+    calib: Evidence,
+    p: Protocol,
+    *,
+    epsilon: float,
+    candidates: tuple[int, ...],
+    selection_fraction: float,
+    selection_radii: tuple[float, ...],
+    seed: int,
+) -> RuleFit:
+    """The served calibration rule, chosen and fitted on calibration images only (see above).
+    With one candidate and no selection part, it is the classic single split-conformal shift
+    on every calibration image."""
+    z, scores = calib.raw_z_and_scores(p)
+    order = np.random.default_rng(seed).permutation(len(calib))
+    cut = int(round(selection_fraction * len(calib)))
+    select, fit = np.sort(order[:cut]), np.sort(order[cut:])
+    chosen, table = candidates[0], {}
+    if cut and len(candidates) > 1:
+        sel = calib.subset(select)
+        for k in candidates:
+            edges = equal_mass_edges(z[select], k)
+            rule = fit_binned_shifts(z[select], scores[select], edges, epsilon)
+            pred, _, rad = sel.served(p, rule)
+            table[k] = mean_certified_accuracy(pred, rad, sel.labels, selection_radii)
+        chosen = max(candidates, key=lambda k: (table[k], -k))  # ties: fewer bins
+    edges = equal_mass_edges(z[select] if cut else z[fit], chosen)
+    rule = fit_binned_shifts(z[fit], scores[fit], edges, epsilon)
+    served_rule = rule if chosen > 1 else rule.shifts[0]
+    violations = scores[fit] > rule.at(z[fit])
+    return RuleFit(served_rule, chosen, table, fit, float(violations.mean()))
+
+
+def compare(served, mc) -> dict:
+    """Certificate-level agreement of a served rule (pred, radius) with Monte-Carlo's."""
+    (pred, rad), (mc_pred, mc_rad) = served, mc
+    same = pred == mc_pred
+    under = same & (mc_pred >= 0) & (rad < mc_rad - 1e-12)
+    return {
+        "overestimation_rate": float(overestimated(pred, rad, mc_pred, mc_rad).mean()),
+        "underestimation_rate": float(under.mean()),
+        "mean_abs_radius_error": float(np.abs(rad - mc_rad).mean()),
+        "abstention_agreement": float(((pred < 0) == (mc_pred < 0)).mean()),
+        "certificate_class_agreement": float(same.mean()),
+    }
+
+
+def tables(e: Evidence, p: Protocol, rule: float | ShiftRule, radii) -> dict:
+    """Certified accuracy of Monte-Carlo, raw and served rules; agreement; over-estimation."""
+    mc_pred, _, mc_rad = e.monte_carlo(p)
+    methods = {
+        "monte_carlo": (mc_pred, mc_rad),
+        "surrogate_raw": e.served(p)[::2],
+        "surrogate_calibrated": e.served(p, rule)[::2],
+    }
+    acc = {name: accuracy_table(*curve, e.labels, radii) for name, curve in methods.items()}
+    return {
+        "images": len(e),
+        "certified_accuracy": {name: a[0] for name, a in acc.items()},
+        "certified_accuracy_stderr": {name: a[1] for name, a in acc.items()},
+        "top1_agreement": float(np.mean(e.probs.argmax(1) == e.counts.argmax(1))),
+        "clean_accuracy_of_top_class": {
+            "monte_carlo": float(np.mean(e.counts.argmax(1) == e.labels)),
+            "surrogate": float(np.mean(e.probs.argmax(1) == e.labels)),
+        },
+        "versus_monte_carlo": {
+            name: compare(methods[name], methods["monte_carlo"])
+            for name in ("surrogate_raw", "surrogate_calibrated")
+        },
+        "curves": methods,
+    }

@@ -1,0 +1,79 @@
+"""Recompute a bundle's report tables from its `evidence.npz`, without sampling.
+
+    python -m exporter.tables models/cifar10-sigma0.25          # print report.md's tables
+    python -m exporter.tables models/cifar10-sigma0.25 --check  # exit 1 if report.json differs
+
+The evidence holds each image set's labels, Monte-Carlo counts (n0 and n rounds) and surrogate
+probabilities; with the manifest's protocol and calibration rule that is everything a table of
+the report is computed from (`exporter.fidelity.tables`, the same code the evaluate stage runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from exporter.fidelity import EVIDENCE, Protocol, load_evidence, tables
+from server.bundle import read_manifest
+
+# the report.json keys that come from the evidence alone (speed and environment do not)
+RECOMPUTED = ("images", "certified_accuracy", "top1_agreement", "versus_monte_carlo")
+
+
+def recompute(bundle: Path) -> dict[str, dict]:
+    """{image set: tables} for every set in the bundle's evidence."""
+    manifest = read_manifest(bundle)
+    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+    report = json.loads((bundle / "report.json").read_text())
+    radii = [float(r) for r in report["certified_accuracy"]["monte_carlo"]]
+    return {
+        name: {k: v for k, v in tables(e, protocol, manifest.shift, radii).items() if k != "curves"}
+        for name, e in load_evidence(bundle / EVIDENCE).items()
+    }
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def differences(bundle: Path) -> list[str]:
+    """The report.json entries that the evidence does not reproduce (empty: all match)."""
+    report = json.loads((bundle / "report.json").read_text())
+    sets = recompute(bundle)
+    stored = {"evaluation": report, "holdout": report.get("holdout") or None}
+    bad = []
+    for name, computed in sets.items():
+        if name not in stored:
+            continue
+        bad += [f"{name}.{k}" for k in RECOMPUTED if not _close(computed[k], stored[name][k])]
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exporter.tables", description=__doc__)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--check", action="store_true", help="compare with report.json")
+    args = parser.parse_args(argv)
+    if args.check:
+        bad = differences(args.bundle)
+        print("report.json matches the evidence" if not bad else f"differs: {', '.join(bad)}")
+        return 1 if bad else 0
+    for name, t in recompute(args.bundle).items():
+        radii = list(t["certified_accuracy"]["monte_carlo"])
+        print(f"\n{name}: {t['images']} images, top-1 agreement {t['top1_agreement']:.3f}")
+        print("| method | " + " | ".join(f"r = {r}" for r in radii) + " | over-estimation |")
+        print("|---|" + "---|" * (len(radii) + 1))
+        for method, row in t["certified_accuracy"].items():
+            over = t["versus_monte_carlo"].get(method, {}).get("overestimation_rate")
+            cells = " | ".join(f"{100 * row[r]:.1f}%" for r in radii)
+            print(f"| {method} | {cells} | {'' if over is None else f'{100 * over:.1f}%'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

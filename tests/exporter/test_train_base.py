@@ -1,0 +1,26 @@
+"""train-base with `from_onnx`: a trained graph imported as the base, the same function in torch."""
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from exporter import data, train_base
+from exporter.bundle import sha256
+from server.runtime import OnnxPredictor, make_session
+
+
+def test_an_imported_base_computes_what_its_onnx_graph_computes(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    imported = dataclasses.replace(
+        cfg, train_base=dataclasses.replace(cfg.train_base, from_onnx=str(work / "base.onnx"))
+    )
+    (tmp_path / "data.npz").symlink_to(work / "data.npz")
+    train_base.run(imported, tmp_path)
+    assert sha256(tmp_path / "base.onnx") == sha256(work / "base.onnx")  # the very same graph
+    x = data.to_float(data.load(work).eval.images[:16])
+    with torch.no_grad():
+        ours = train_base.build_from_checkpoint(tmp_path / "base.pt")(torch.as_tensor(x)).numpy()
+    theirs = OnnxPredictor(make_session(work / "base.onnx"))(x)
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert torch.load(tmp_path / "base.pt", weights_only=False)["folded_batchnorm"]
