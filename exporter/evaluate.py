@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from exporter import data as data_stage
+from exporter.ablation import ABLATION_JSON
 from exporter.bundle import read_manifest, write_manifest
 from exporter.calibrate import evidence
 from exporter.config import Config
@@ -101,7 +102,10 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_plot(out / "certified_accuracy.png", main["curves"], ds.eval.labels, b)
-    write_markdown(out / "report.md", report)
+    ablation = out / ABLATION_JSON  # added by python -m exporter.ablation; kept on a rerun
+    write_markdown(
+        out / "report.md", report, json.loads(ablation.read_text()) if ablation.exists() else None
+    )
     manifest["evaluation"] = {
         k: report[k] for k in ("images", "certified_accuracy", "top1_agreement", "speedup")
     }

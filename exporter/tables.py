@@ -16,7 +16,10 @@ import math
 import sys
 from pathlib import Path
 
+from exporter import ablation
+from exporter.ablation import ABLATION_JSON
 from exporter.fidelity import EVIDENCE, Protocol, load_evidence, tables
+from exporter.report import ablation_table
 from server.bundle import read_manifest
 
 # the report.json keys that come from the evidence alone (speed and environment do not)
@@ -36,8 +39,13 @@ def recompute(bundle: Path) -> dict[str, dict]:
 
 
 def _close(a, b) -> bool:
+    """Equal JSON values, numbers to rounding."""
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, str):
+        return a == b
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
@@ -51,6 +59,10 @@ def differences(bundle: Path) -> list[str]:
         if name not in stored:
             continue
         bad += [f"{name}.{k}" for k in RECOMPUTED if not _close(computed[k], stored[name][k])]
+    if (bundle / ABLATION_JSON).exists():
+        stored_ablation = json.loads((bundle / ABLATION_JSON).read_text())
+        if not _close(ablation.recompute(bundle), stored_ablation):
+            bad.append("ablation")
     return bad
 
 
@@ -72,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             over = t["versus_monte_carlo"].get(method, {}).get("overestimation_rate")
             cells = " | ".join(f"{100 * row[r]:.1f}%" for r in radii)
             print(f"| {method} | {cells} | {'' if over is None else f'{100 * over:.1f}%'} |")
+    if (args.bundle / ABLATION_JSON).exists():
+        print("\nablation (served certified accuracy):")
+        print(ablation_table(ablation.recompute(args.bundle)))
     return 0
 
 

@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from exporter import bundle, pipeline, tables
+from exporter import ablation, bundle, pipeline, tables
 from exporter.bundle import BundleExistsError, sha256
 from server.app import create_app
+from tests.exporter.conftest import SMOKE
 from tests.server.helpers import settings_for, wait_ready
 
 
@@ -64,6 +65,24 @@ def test_every_report_table_is_recomputed_from_the_evidence_alone(smoke_run, tmp
     report["certified_accuracy"]["surrogate_calibrated"]["0"] += 0.01
     (copy / "report.json").write_text(json.dumps(report))
     assert tables.differences(copy) == ["evaluation.certified_accuracy"]
+
+
+def test_the_ablation_is_scored_on_the_bundles_evidence_and_recomputed_from_it(smoke_run, tmp_path):
+    _, work, out = smoke_run
+    copy = shutil.copytree(out, tmp_path / "smoke")
+    variants = [
+        f"smoke CE-probit={work / 'surrogate.onnx'}",
+        f"same again={copy / 'surrogate.onnx'}",
+    ]
+    argv = [str(copy), "--work", str(work), "--config", str(SMOKE)]
+    assert ablation.main(argv + [a for v in variants for a in ("--variant", v)]) == 0
+    result = json.loads((copy / "ablation.json").read_text())
+    assert [v["name"] for v in result["variants"]] == ["smoke CE-probit", "same again"]
+    first, again = (v["rows"] for v in result["variants"])
+    assert first == again and [row["rule"] for row in first] == ["one shift", "Mondrian"]
+    assert "## Ablation" in (copy / "report.md").read_text()
+    assert tables.differences(copy) == []
+    assert bundle.read_manifest(copy)["sha256"]["ablation.npz"] == sha256(copy / "ablation.npz")
 
 
 def test_report_covers_the_hold_out_images_and_the_calibration_rule(smoke_run):
