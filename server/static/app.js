@@ -2,7 +2,6 @@
 // POST /certify/sampled (the Monte-Carlo audit) and show whether it agrees. No build step.
 "use strict";
 
-const SAMPLES = ["airplane", "automobile", "cat", "dog", "frog", "ship"];
 const AUDIT_N = 2000; // a modest n: seconds, not minutes, on a CPU
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
@@ -28,18 +27,36 @@ async function loadModel() {
   }
 }
 
-function showSamples() {
-  for (const name of SAMPLES) {
+// samples.json (written by `python -m exporter.samples` from the default bundle's evaluation
+// images): a clear certificate first, then a small one and an abstention, each with a caption.
+async function showSamples() {
+  let samples = [];
+  try {
+    samples = await (await fetch("/static/samples/samples.json")).json();
+  } catch (err) {
+    $("samples").textContent = `could not read the samples: ${err}`;
+    return;
+  }
+  for (const sample of samples) {
+    const figure = document.createElement("figure");
+    figure.className = "sample-item";
     const button = document.createElement("button");
     button.className = "sample";
-    button.dataset.name = name;
-    button.title = name;
-    button.innerHTML = `<img src="/static/samples/${name}.png" alt="${name}">`;
+    button.dataset.name = sample.file.replace(/\.png$/, "");
+    button.title = sample.caption;
+    const img = document.createElement("img");
+    img.src = `/static/samples/${sample.file}`;
+    img.alt = sample.caption;
+    button.appendChild(img);
     button.addEventListener("click", async () => {
-      const blob = await (await fetch(`/static/samples/${name}.png`)).blob();
-      choose(blob, `${name}.png`, button);
+      const blob = await (await fetch(`/static/samples/${sample.file}`)).blob();
+      choose(blob, sample.file, button);
     });
-    $("samples").appendChild(button);
+    const caption = document.createElement("figcaption");
+    caption.textContent = sample.kind === "abstains" ? "abstains" :
+      `${sample.kind === "clear" ? "clear" : "small"} · r ${sample.radius.toFixed(2)}`;
+    figure.append(button, caption);
+    $("samples").appendChild(figure);
   }
 }
 

@@ -8,11 +8,13 @@ or an abstention here.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from exporter.samples import SMALL
 from server.app import create_app
 from tests.server.helpers import settings_for, wait_ready
 
@@ -45,6 +47,26 @@ def test_real_test_image_is_certified_with_its_true_class(client, case):
     assert body["model"] == "cifar10-sigma0.25" and body["calibrated"] is True
     assert body["abstained"] is False and body["label"] == case.split("/")[0]
     assert 0 < body["certified_radius"] <= 0.25 * 3.3  # below sigma * Phi^-1(alpha^(1/n))
+
+
+SAMPLES = ROOT / "server" / "static" / "samples"
+
+
+@pytest.mark.parametrize(
+    "sample", json.loads((SAMPLES / "samples.json").read_text()), ids=lambda s: s["file"]
+)
+def test_the_web_pages_samples_get_the_certificate_their_caption_promises(client, sample):
+    png = (SAMPLES / sample["file"]).read_bytes()
+    body = client.post("/certify", files={"image": ("x.png", png, "image/png")}).json()
+    if sample["kind"] == "abstains":
+        assert body["abstained"] is True
+        return
+    assert body["label"] == sample["label"]
+    assert body["certified_radius"] == pytest.approx(sample["radius"], abs=1e-3)
+    if sample["kind"] == "clear":
+        assert body["certified_radius"] >= 0.4
+    else:
+        assert 0 < body["certified_radius"] < SMALL
 
 
 def test_sampled_audit_agrees_with_the_fast_path_on_an_easy_image(client):

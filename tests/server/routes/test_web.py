@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 from PIL import Image
 
-SAMPLES = ("airplane", "automobile", "cat", "dog", "frog", "ship")
+SAMPLES = json.loads(
+    (Path(__file__).resolve().parents[3] / "server/static/samples/samples.json").read_text()
+)
 
 
 def test_the_page_is_served_at_the_root(client):
@@ -25,10 +29,19 @@ def test_the_script_and_the_style_are_served(client):
 
 
 def test_the_sample_images_are_32x32_pngs(client):
-    for name in SAMPLES:
-        response = client.get(f"/static/samples/{name}.png")
+    assert client.get("/static/samples/samples.json").json() == SAMPLES
+    for sample in SAMPLES:
+        response = client.get(f"/static/samples/{sample['file']}")
         assert response.status_code == 200 and response.headers["content-type"] == "image/png"
         assert Image.open(io.BytesIO(response.content)).size == (32, 32)
+
+
+def test_the_samples_show_a_clear_certificate_first_then_a_small_one_and_an_abstention():
+    kinds = [sample["kind"] for sample in SAMPLES]
+    assert kinds[0] == "clear" and kinds[-2:] == ["small", "abstains"]
+    for sample in SAMPLES:  # each caption says what it shows
+        assert sample["label"] in sample["caption"]
+        assert ("abstains" in sample["caption"]) == (sample["kind"] == "abstains")
 
 
 def test_an_unknown_static_file_is_404(client):

@@ -11,6 +11,7 @@ ACCSMOOTH_WEB_MODELS_DIR serves another models folder (e.g. models/) instead of 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,7 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 ROOT = Path(__file__).resolve().parents[3]
-SAMPLE = ROOT / "server" / "static" / "samples" / "ship.png"
+SAMPLES = json.loads((ROOT / "server" / "static" / "samples" / "samples.json").read_text())
+SAMPLE = ROOT / "server" / "static" / "samples" / SAMPLES[0]["file"]
 
 
 def free_port() -> int:
@@ -98,7 +100,8 @@ def test_the_page_certifies_an_uploaded_image_and_audits_it(server_url, browser)
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(server_url + "/")
     page.wait_for_function("document.getElementById('model-info').textContent.includes('sigma')")
-    assert page.locator(".sample").count() == 6
+    assert page.locator(".sample").count() == len(SAMPLES)
+    assert page.locator(".sample-item figcaption").first.text_content().startswith("clear")
 
     page.set_input_files("#file-input", str(SAMPLE))
     page.wait_for_function("document.getElementById('result-radius').textContent !== '–'")
@@ -123,7 +126,8 @@ def test_a_sample_button_certifies_that_sample(server_url, browser):
     page = browser.new_page()
     page.goto(server_url + "/")
     page.wait_for_function("document.getElementById('model-info').textContent.includes('sigma')")
-    page.click(".sample[data-name='cat']")
+    name = SAMPLES[-1]["file"].removesuffix(".png")
+    page.click(f".sample[data-name='{name}']")
     page.wait_for_function("document.getElementById('result-radius').textContent !== '–'")
-    assert page.locator(".sample.chosen").get_attribute("data-name") == "cat"
+    assert page.locator(".sample.chosen").get_attribute("data-name") == name
     assert page.is_visible("#preview")
