@@ -59,6 +59,8 @@ def prepare_multiprocess_dir(workers: int) -> str | None:
 WORKER_HEALTHCHECK_SECONDS = 60
 
 
+HTTP_PROTOCOL = "server.protocol:GuardedHttpToolsProtocol"
+
 # Seconds after the app's own grace period at which uvicorn cancels whatever is still running.
 SHUTDOWN_BACKSTOP_SECONDS = 5.0
 
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
             log_level=os.environ.get("ACCSMOOTH_LOG_LEVEL", "info"),
             access_log=False,  # per-request log lines cost more than a fast request
+            http=HTTP_PROTOCOL,  # header deadline and size limit (server.protocol)
             # a backstop only: the app itself cancels its audits at ACCSMOOTH_GRACEFUL_TIMEOUT_S
             # (server.lifecycle) and answers them; uvicorn cancels whatever still runs after
             timeout_graceful_shutdown=settings.graceful_timeout_s + SHUTDOWN_BACKSTOP_SECONDS,

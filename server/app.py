@@ -20,15 +20,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from server import metrics
 from server.audit import AuditPool
-from server.errors import AccsmoothError, error_body, status_of
+from server.decoder import Decoder
+from server.errors import AccsmoothError, ClientDisconnected, error_body, status_of
 from server.hybrid import fallback_pool
 from server.lifecycle import Drain
-from server.middleware import AdmissionLimit, BodyLimit, HttpMetrics
+from server.middleware import AdmissionLimit, BodyDeadline, BodyLimit, HttpMetrics
 from server.registry import ModelRegistry
-from server.routes import audits, certify, health, models, web
+from server.routes import audits, certify, docs, health, models, web
 from server.settings import Settings
 from server.shadow import ShadowAuditor
 
@@ -44,6 +46,7 @@ async def lifespan(app: FastAPI):
     )
     app.state.shadow = ShadowAuditor(settings)
     app.state.hybrid = fallback_pool(settings)
+    app.state.decoder = Decoder(settings.max_image_pixels, settings.decode_pixel_budget)
     drain: Drain = app.state.drain
     drain.start(app.state.audits, app.state.hybrid)
     drain.install_signal_handlers()
@@ -59,6 +62,7 @@ async def lifespan(app: FastAPI):
         app.state.audits.shutdown()
         app.state.shadow.shutdown()
         app.state.hybrid.shutdown()
+        app.state.decoder.shutdown()
         metrics.mark_worker_dead(os.getpid())
 
 
@@ -76,11 +80,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AccsmoothError)
     async def domain_error(request: Request, exc: AccsmoothError) -> JSONResponse:
         status = status_of(exc)
-        if status >= 500:
-            log.warning("%s %s -> %d %s: %s", request.method, request.url.path, status,
-                        exc.code, exc.detail)  # fmt: skip
+        if status >= 499:  # 499: the client left, worth a line but not a warning
+            log.log(logging.INFO if status == 499 else logging.WARNING, "%s %s -> %d %s: %s",
+                    request.method, request.url.path, status, exc.code, exc.detail)  # fmt: skip
         body = error_body(exc.code, exc.detail)
         return JSONResponse(body, status_code=status, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        """The client closed the connection mid-request: one log line, counted as 499."""
+        error = ClientDisconnected("the client closed the connection before sending its body")
+        return await domain_error(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,15 +115,20 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Certified-robustness inference: randomized-smoothing certificates in one pass.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by server.routes.docs, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.registry = ModelRegistry(settings)
     app.state.drain = Drain(settings.graceful_timeout_s)
     install_error_handlers(app)
-    for router in (certify.router, models.router, audits.router, health.router, web.router):
-        app.include_router(router)
+    routers = (certify, models, audits, health, web, docs)
+    for module in routers:
+        app.include_router(module.router)
     web.mount_static(app)
+    docs.mount_assets(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, drain=app.state.drain)
     app.add_middleware(AdmissionLimit, limit=settings.max_in_flight)
     app.add_middleware(HttpMetrics)  # added last = outermost: counts the 413s too
     return app

@@ -14,8 +14,10 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from server.audit import AuditPool
+from server.decoder import Decoder
 from server.errors import (
     InvalidParameter,
     MissingImage,
@@ -42,6 +44,10 @@ async def get_audits(request: Request) -> AuditPool:
     return request.app.state.audits
 
 
+async def get_decoder(request: Request) -> Decoder:
+    return request.app.state.decoder
+
+
 async def get_shadow(request: Request) -> ShadowAuditor:
     return request.app.state.shadow
 
@@ -65,6 +71,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 AuditsDep = Annotated[AuditPool, Depends(get_audits)]
 ShadowDep = Annotated[ShadowAuditor, Depends(get_shadow)]
+DecoderDep = Annotated[Decoder, Depends(get_decoder)]
 HybridDep = Annotated[AuditPool, Depends(get_hybrid)]
 DisconnectedDep = Annotated[Callable[[], Awaitable[None]], Depends(get_disconnected)]
 
@@ -104,13 +111,30 @@ async def require_key_for_certify(request: Request, settings: SettingsDep) -> No
         _check_key(request, settings, "/certify")
 
 
+def check_key_for_hybrid(request: Request, settings: Settings) -> None:
+    """mode=hybrid may run Monte-Carlo: it needs the key when one is set, unless
+    ACCSMOOTH_PROTECT_HYBRID=false (then only with ACCSMOOTH_PROTECT_CERTIFY=true)."""
+    if settings.protect_hybrid or settings.protect_certify:
+        _check_key(request, settings, "/certify?mode=hybrid")
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _uploads(request: Request, settings: Settings) -> list[UploadFile]:
-    """The files of the multipart field `image`, in order."""
-    form = await request.form(max_files=100_000, max_fields=1000)
+async def _uploads(request: Request, limit: int) -> list[UploadFile]:
+    """The files of the multipart field `image`, in order. Parsing stops at the first part
+    past `limit` + 1 files or fields, so a body of thousands of tiny parts costs no more than
+    a full batch (the caller words the error for exactly `limit` + 1)."""
+    try:
+        form = await request.form(max_files=limit + 1, max_fields=limit + 1)
+    except HTTPException as exc:  # starlette's multipart errors, as 400s
+        if exc.status_code == 400 and str(exc.detail).startswith("Too many"):
+            raise TooManyImages(
+                f"more than {limit + 1} multipart parts sent; at most {limit} image"
+                f"{'s' if limit > 1 else ''} per request (ACCSMOOTH_MAX_BATCH for /certify/batch)"
+            ) from exc
+        raise
     fields = form.getlist("image")
     if not fields:
         raise MissingImage("multipart field 'image' is missing: send the image as a file field")
@@ -135,7 +159,7 @@ async def image_bytes(request: Request, settings: SettingsDep) -> bytes:
     if media.startswith("image/"):
         return await request.body()
     if media == MULTIPART:
-        uploads = await _uploads(request, settings)
+        uploads = await _uploads(request, 1)
         if len(uploads) > 1:
             raise TooManyImages(f"{len(uploads)} images sent; /certify takes one (see /batch)")
         return await uploads[0].read()
@@ -149,7 +173,7 @@ async def image_list(request: Request, settings: SettingsDep) -> list[bytes]:
     media = _media_type(request)
     if media != MULTIPART:
         raise _unsupported(media, raw_allowed=False)
-    uploads = await _uploads(request, settings)
+    uploads = await _uploads(request, settings.max_batch)
     if len(uploads) > settings.max_batch:
         raise TooManyImages(
             f"{len(uploads)} images sent, at most {settings.max_batch} per request"

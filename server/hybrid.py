@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from server import metrics, pipeline
 from server.audit import AuditJob, AuditPool, monte_carlo
+from server.decoder import Decoder
 from server.errors import AccsmoothError, ClientDisconnected, Overloaded
 from server.registry import LoadedModel
 from server.sampling import fallback_samples
@@ -69,6 +70,7 @@ def fallback_pool(settings: Settings) -> AuditPool:
 async def certify_hybrid(
     model: LoadedModel,
     pool: AuditPool,
+    decoder: Decoder,
     data: bytes,
     settings: Settings,
     *,
@@ -79,7 +81,7 @@ async def certify_hybrid(
 ) -> HybridCertificate:
     """The surrogate certificate if `hybrid_route` calls it clear, else CERTIFY at the plan's n."""
     started = time.perf_counter()
-    image = await pipeline.decode(model, data, resize=resize, max_pixels=settings.max_image_pixels)
+    image = await pipeline.decode(model, decoder, data, resize=resize)
     served = await pipeline.certify_decoded(
         model, image, calibrated=calibrated, endpoint="/certify", started=started, record=False
     )

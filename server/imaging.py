@@ -55,6 +55,15 @@ def sniff(data: bytes) -> str | None:
     return next((fmt for magic, fmt in MAGIC.items() if data.startswith(magic)), None)
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the header alone; None when it cannot be read."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - decode_image explains what is wrong
+        return None
+
+
 def _open(data: bytes) -> Image.Image:
     """Open lazily (header only), restricted to FORMATS; specific errors for everything else."""
     try:

@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING
 
 from server import metrics
 from server.audit import AuditJob, AuditPool, monte_carlo
+from server.decoder import Decoder
 from server.errors import AccsmoothError, ClientDisconnected
-from server.imaging import DecodedImage, decode_image
+from server.imaging import DecodedImage
 from server.registry import LoadedModel
 from server.schemas import Agreement, SampledCertificate, SurrogateCertificate
 from server.smoothing import Certificate
 
 if TYPE_CHECKING:
     from server.shadow import ShadowAuditor
-
-INLINE_DECODE_BYTES = 64 << 10  # larger uploads are decoded on a thread, off the event loop
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,9 @@ class SampledParams:
     seed: int | None
 
 
-async def decode(model: LoadedModel, data: bytes, *, resize: bool, max_pixels: int):
+async def decode(model: LoadedModel, decoder: Decoder, data: bytes, *, resize: bool):
     spec = model.manifest.input
-    args = (data, spec.height, spec.width)
-    if len(data) <= INLINE_DECODE_BYTES:
-        return decode_image(*args, resize=resize, max_pixels=max_pixels)
-    return await asyncio.to_thread(decode_image, *args, resize=resize, max_pixels=max_pixels)
+    return await decoder.decode(data, height=spec.height, width=spec.width, resize=resize)
 
 
 def _radius_space(model: LoadedModel, image: DecodedImage) -> str:
@@ -76,14 +72,14 @@ async def certify_surrogate(
     *,
     calibrated: bool,
     resize: bool,
-    max_pixels: int,
+    decoder: Decoder,
     endpoint: str = "/certify",
     started: float | None = None,
     shadow: ShadowAuditor | None = None,
 ) -> SurrogateCertificate:
     """One image's surrogate certificate (the fast path); `shadow` may pick it for an audit."""
     started = started or time.perf_counter()
-    image = await decode(model, data, resize=resize, max_pixels=max_pixels)
+    image = await decode(model, decoder, data, resize=resize)
     served = await certify_decoded(
         model, image, calibrated=calibrated, endpoint=endpoint, started=started
     )
@@ -93,7 +89,7 @@ async def certify_surrogate(
 
 
 async def certify_many(
-    model: LoadedModel, images: list[bytes], *, calibrated: bool, resize: bool, max_pixels: int
+    model: LoadedModel, images: list[bytes], *, calibrated: bool, resize: bool, decoder: Decoder
 ) -> list[SurrogateCertificate]:
     """/certify/batch: every image through the micro-batcher at once; errors name the image."""
     started = time.perf_counter()
@@ -101,7 +97,7 @@ async def certify_many(
     async def one(index: int, data: bytes) -> SurrogateCertificate:
         try:
             return await certify_surrogate(
-                model, data, calibrated=calibrated, resize=resize, max_pixels=max_pixels,
+                model, data, calibrated=calibrated, resize=resize, decoder=decoder,
                 endpoint="/certify/batch", started=started,
             )  # fmt: skip
         except AccsmoothError as exc:
@@ -176,7 +172,7 @@ async def certify_sampled(
     *,
     calibrated: bool,
     resize: bool,
-    max_pixels: int,
+    decoder: Decoder,
     source: str = "request",
     disconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> SampledCertificate:
@@ -185,7 +181,7 @@ async def certify_sampled(
     endpoint = "/certify/sampled"
     started = time.perf_counter()
     m = model.manifest
-    image = await decode(model, data, resize=resize, max_pixels=max_pixels)
+    image = await decode(model, decoder, data, resize=resize)
     seed = params.seed if params.seed is not None else secrets.randbits(63)
     job = AuditJob(params.n0 + params.n)
     run = lambda: monte_carlo(  # noqa: E731

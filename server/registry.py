@@ -4,8 +4,9 @@ Each bundle gets two onnxruntime sessions: the surrogate (fast path, behind a mi
 all the threads it wants) and the base classifier (audits, `ACCSMOOTH_SAMPLED_THREADS`
 threads, so Monte-Carlo work cannot starve /certify). Loading runs in a thread after the app
 has started, so `/livez` answers and `/readyz` says 503 "loading" meanwhile. A bundle that
-fails any check is kept as `failed` with the message (logged, shown by /readyz and /models):
-the server stays up and serves the good bundles but is not ready.
+fails any check is kept as `failed` with the message (logged with its path; shown by /readyz and
+/models with the bundle's name in place of its folder's path on disk): the server stays up and
+serves the good bundles but is not ready.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class ModelRegistry:
         """Load every bundle (in a thread), then start the micro-batchers on this event loop."""
         folders = _bundle_folders(self.settings.models_dir)
         if not folders:
-            self.problems.append(f"{self.settings.models_dir}: no model bundles found")
+            log.error("%s: no model bundles found", self.settings.models_dir)
+            self.problems.append("the models folder (ACCSMOOTH_MODELS_DIR): no model bundles found")
         for folder in folders:
             self.models.setdefault(folder.name, LoadedModel(folder.name, folder))
         for folder in folders:
@@ -136,8 +138,8 @@ class ModelRegistry:
             self.default_name = sorted(self.models)[0]
         elif self.default_name is not None and self.default_name not in self.models:
             self.problems.append(
-                f"ACCSMOOTH_DEFAULT_MODEL={self.default_name!r} names no bundle in"
-                f" {self.settings.models_dir} (have: {', '.join(sorted(self.models)) or 'none'})"
+                f"ACCSMOOTH_DEFAULT_MODEL={self.default_name!r} names no bundle in the models"
+                f" folder (have: {', '.join(sorted(self.models)) or 'none'})"
             )
         for problem in self.problems:
             log.error("not ready: %s", problem)
@@ -148,10 +150,10 @@ class ModelRegistry:
         try:
             model = await asyncio.to_thread(_load, folder, self.settings)
         except BundleError as exc:
-            placeholder.status, placeholder.error = "failed", exc.detail
+            placeholder.status, placeholder.error = "failed", without_paths(exc.detail, folder)
             self.models[placeholder.name] = placeholder
             metrics.MODEL_READY.labels(placeholder.name).set(0)
-            log.error("bundle %s failed to load: %s", folder, exc.detail)
+            log.error("bundle %s failed to load: %s", folder, exc.detail)  # the log has the path
             return
         s = self.settings
         model.batcher = MicroBatcher(
@@ -214,6 +216,15 @@ class ModelRegistry:
 
     def statuses(self) -> dict[str, str]:
         return {name: m.status for name, m in sorted(self.models.items())}
+
+
+def without_paths(detail: str, folder: Path) -> str:
+    """`detail` with the bundle's folder written as the bundle's name (`tiny/base.onnx`), so
+    that what clients read (/readyz, /models, 503 details) shows no path of the server's disk."""
+    paths = {str(folder), str(folder.absolute()), str(folder.resolve())}
+    for path in sorted(paths, key=len, reverse=True):
+        detail = detail.replace(path, folder.name)
+    return detail
 
 
 def _bundle_folders(models_dir: Path) -> list[Path]:

@@ -81,13 +81,28 @@ class Settings(BaseSettings):
 
     # Input limits
     max_body_bytes: int = Field(8 << 20, ge=1024, description="request body limit (bytes); 413")
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="request line and headers must arrive within (s); 408"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="the body must arrive within, after the headers (s)"
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1024, le=1 << 24, description="request line and headers limit (bytes); 431"
+    )
     max_image_pixels: int = Field(
         16_777_216, ge=1, description="decoded width*height limit (decompression bombs)"
+    )
+    decode_pixel_budget: int = Field(
+        16_777_216, ge=1, description="pixels of big images decoded at once, off the event loop"
     )
 
     # Security
     api_key: SecretStr | None = Field(None, description="bearer token for /certify/sampled")
     protect_certify: bool = Field(False, description="also require the API key on /certify")
+    protect_hybrid: bool = Field(
+        True, description="require the API key on /certify?mode=hybrid (its Monte-Carlo is costly)"
+    )
 
     # onnxruntime
     providers: Annotated[tuple[str, ...], NoDecode] = Field(

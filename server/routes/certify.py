@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
 from server import hybrid, pipeline
 from server.deps import (
     AuditsDep,
+    DecoderDep,
     DisconnectedDep,
     HybridDep,
     ImageDep,
@@ -20,6 +21,7 @@ from server.deps import (
     ModelDep,
     SettingsDep,
     ShadowDep,
+    check_key_for_hybrid,
     check_samples,
     require_key_for_certify,
     require_key_for_sampled,
@@ -47,20 +49,20 @@ Mode = Annotated[
     openapi_extra=IMAGE_BODY,
 )
 async def certify(
-    model: ModelDep, data: ImageDep, settings: SettingsDep, shadow: ShadowDep, fallbacks: HybridDep,
-    disconnected: DisconnectedDep,
+    request: Request, model: ModelDep, data: ImageDep, settings: SettingsDep, shadow: ShadowDep,
+    fallbacks: HybridDep, decoder: DecoderDep, disconnected: DisconnectedDep,
     calibrated: Calibrated = True, resize: Resize = False, mode: Mode = "surrogate",
 ) -> HybridCertificate | SurrogateCertificate:  # fmt: skip
     """Certify one image with the surrogate: class and certified L2 radius in one forward pass
     (mode=hybrid: Monte-Carlo answers instead when the surrogate is near the boundary)."""
     if mode == "hybrid":
+        check_key_for_hybrid(request, settings)
         return await hybrid.certify_hybrid(
-            model, fallbacks, data, settings, calibrated=calibrated, resize=resize, shadow=shadow,
-            disconnected=disconnected,
+            model, fallbacks, decoder, data, settings, calibrated=calibrated, resize=resize,
+            shadow=shadow, disconnected=disconnected,
         )  # fmt: skip
     return await pipeline.certify_surrogate(
-        model, data, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels,
-        shadow=shadow,
+        model, data, calibrated=calibrated, resize=resize, decoder=decoder, shadow=shadow,
     )  # fmt: skip
 
 
@@ -70,12 +72,12 @@ async def certify(
     openapi_extra=BATCH_BODY,
 )
 async def certify_batch(
-    model: ModelDep, images: ImagesDep, settings: SettingsDep,
+    model: ModelDep, images: ImagesDep, decoder: DecoderDep,
     calibrated: Calibrated = True, resize: Resize = False,
 ) -> list[SurrogateCertificate]:  # fmt: skip
     """Certify up to ACCSMOOTH_MAX_BATCH images (repeated multipart `image` fields), in order."""
     return await pipeline.certify_many(
-        model, images, calibrated=calibrated, resize=resize, max_pixels=settings.max_image_pixels
+        model, images, calibrated=calibrated, resize=resize, decoder=decoder
     )
 
 
@@ -89,6 +91,7 @@ async def certify_sampled(
     audits: AuditsDep,
     data: ImageDep,
     settings: SettingsDep,
+    decoder: DecoderDep,
     disconnected: DisconnectedDep,
     n0: Annotated[
         int | None, Query(ge=1, description="selection samples (default: manifest)")
@@ -113,6 +116,6 @@ async def certify_sampled(
     )
     check_samples(settings, params.n0, params.n, params.batch_size)
     return await pipeline.certify_sampled(
-        model, audits, data, params, calibrated=calibrated, resize=resize,
-        max_pixels=settings.max_image_pixels, disconnected=disconnected,
+        model, audits, data, params, calibrated=calibrated, resize=resize, decoder=decoder,
+        disconnected=disconnected,
     )  # fmt: skip

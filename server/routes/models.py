@@ -34,6 +34,7 @@ def _summary(model: LoadedModel, cls=ModelSummary, **extra):
     )
 
 
+@router.head("/models", include_in_schema=False)
 @router.get("/models")
 async def list_models(registry: RegistryDep) -> ModelList:
     """Every bundle found, with its status and serving facts."""
@@ -43,6 +44,7 @@ async def list_models(registry: RegistryDep) -> ModelList:
     )
 
 
+@router.head("/models/{name}", include_in_schema=False)
 @router.get("/models/{name}")
 async def get_model(
     name: str, registry: RegistryDep, shadow: ShadowDep, settings: SettingsDep

@@ -85,3 +85,58 @@ def test_the_default_mode_is_still_the_surrogate(honest):
 def test_an_unknown_mode_is_422(client):
     response = post_image(client, solid(135), params={"mode": "magic"})
     assert response.status_code == 422 and response.json()["error"] == "invalid_parameter"
+
+
+def test_hybrid_needs_the_api_key_when_one_is_set(make_bundle, start_client):
+    client = start_client(make_bundle(base=HONEST_BASE).parent, api_key="s3cret")
+    response = post_image(client, solid(135), params={"mode": "hybrid"})
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    assert "mode=hybrid" in response.json()["detail"]
+    assert post_image(client, solid(135)).status_code == 200  # the surrogate mode stays open
+    headers = {"authorization": "Bearer s3cret", "content-type": "image/png"}
+    keyed = client.post("/certify", content=solid(135), headers=headers, params={"mode": "hybrid"})
+    assert keyed.status_code == 200
+
+
+def test_protect_hybrid_false_leaves_hybrid_open_unless_certify_is_protected(
+    make_bundle, start_client
+):
+    models = make_bundle(base=HONEST_BASE).parent
+    client = start_client(models, api_key="s3cret", protect_hybrid=False)
+    assert post_image(client, solid(140), params={"mode": "hybrid"}).status_code == 200
+
+
+def test_fallbacks_run_niced_like_audits(honest):
+    import os
+    import threading
+
+    async def niceness():
+        nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
+        value, _, _ = await honest.app.state.hybrid.submit(nice)
+        return value, nice()
+
+    fallback, loop = honest.portal.call(niceness)
+    assert fallback == min(19, loop + honest.app.state.settings.sampled_nice)
+
+
+def test_a_full_fallback_queue_answers_503_with_retry_after(make_bundle, start_client):
+    import threading
+
+    from server.audit import AuditJob
+
+    client = start_client(
+        make_bundle(base=HONEST_BASE).parent, hybrid_concurrency=1, hybrid_queue=0
+    )
+    gate = threading.Event()
+
+    async def occupy():
+        client.app.state.hybrid.submit(lambda: gate.wait(10), AuditJob(10**6))
+
+    client.portal.call(occupy)
+    try:
+        response = post_image(client, solid(135), params={"mode": "hybrid"})
+        assert response.status_code == 503 and response.json()["error"] == "overloaded"
+        assert int(response.headers["retry-after"]) >= 1
+        assert hybrid(client, 140)["method"] == "surrogate"  # clear cases need no fallback
+    finally:
+        gate.set()

@@ -1,11 +1,15 @@
-"""The body limit: 413 from Content-Length before reading, and from counting a streamed body."""
+"""The body limit (413 from Content-Length before reading, and from counting a streamed body)
+and the body deadline (408 for a body sent too slowly)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 
-from server.middleware import BodyLimit, endpoint_label
+import pytest
+
+from server.errors import RequestTimeout
+from server.middleware import BodyDeadline, BodyLimit, endpoint_label
 
 
 async def echo_length(scope, receive, send):
@@ -68,3 +72,37 @@ def test_endpoint_labels_are_a_fixed_set():
     assert endpoint_label("/certify") == "/certify"
     assert endpoint_label("/models/cifar10") == "/models/{name}"
     assert endpoint_label("/etc/passwd") == "other"
+
+
+def test_a_body_sent_too_slowly_is_cut_off_with_request_timeout():
+    async def never():
+        await asyncio.Event().wait()  # the client sent its headers, then nothing
+
+    async def scenario():
+        app = BodyDeadline(echo_length, timeout_s=0.05)
+        scope = {"type": "http", "method": "POST", "path": "/certify", "headers": []}
+        with pytest.raises(RequestTimeout) as info:
+            await app(scope, never, None)
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert "ACCSMOOTH_BODY_TIMEOUT_S" in error.detail and error.headers["Connection"] == "close"
+
+
+def test_reads_after_the_body_are_not_under_the_body_deadline():
+    messages = [{"type": "http.request", "body": b"x", "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(0.2)  # a later read: waits for the client to disconnect
+        return {"type": "http.disconnect"}
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.extend([await receive(), await receive()])
+
+    scope = {"type": "http", "method": "POST", "path": "/certify", "headers": []}
+    asyncio.run(BodyDeadline(app, timeout_s=0.05)(scope, receive, None))
+    assert seen[1] == {"type": "http.disconnect"}

@@ -107,3 +107,17 @@ def test_the_default_model_is_the_first_by_name_unless_configured(make_bundle, s
 def test_a_default_model_that_does_not_exist_is_not_ready(models_dir, start_client):
     status, body = readyz(start_client(models_dir, default_model="missing"))
     assert status == 503 and "ACCSMOOTH_DEFAULT_MODEL='missing' names no bundle" in body["detail"]
+
+
+def test_a_broken_bundle_is_named_by_the_bundle_never_by_its_path_on_disk(
+    make_bundle, start_client, tmp_path
+):
+    folder = make_bundle()
+    (folder / "surrogate.onnx").write_bytes(b"not onnx")
+    rehash(folder)  # consistent hashes: onnxruntime itself refuses the file
+    client = start_client(folder.parent)
+    answers = [client.get("/readyz"), client.get("/models"), post_image(client, solid(250))]
+    for response in answers:
+        assert response.status_code in (200, 503)
+        assert "tiny/surrogate.onnx" in response.text
+        assert str(tmp_path) not in response.text and str(folder.resolve()) not in response.text

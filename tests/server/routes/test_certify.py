@@ -276,3 +276,27 @@ def test_protect_certify_puts_the_fast_path_behind_the_key_too(models_dir, start
     assert_error(post_image(client, solid(230)), 401, "unauthorized", "/certify needs")
     headers = {"authorization": "Bearer s3cret", "content-type": "image/png"}
     assert client.post("/certify", content=solid(230), headers=headers).status_code == 200
+
+
+def test_a_body_of_thousands_of_parts_is_refused_after_the_batch_size(models_dir, start_client):
+    client = start_client(models_dir, max_batch=2)
+    boundary = "b0undary"
+    part = f'--{boundary}\r\ncontent-disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+    body = (part.encode() + b"x\r\n") * 99_000 + f"--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    response = client.post("/certify/batch", content=body, headers=headers)
+    assert_error(response, 422, "too_many_images", "more than 3 multipart parts sent")
+    fields = (f'--{boundary}\r\ncontent-disposition: form-data; name="f"\r\n\r\nv\r\n') * 5000
+    response = client.post("/certify", content=fields.encode() + b"--b0undary--\r\n",
+                           headers=headers)  # fmt: skip
+    assert_error(response, 422, "too_many_images", "at most 1 image per request")
+
+
+def test_resize_bombs_in_a_batch_are_decoded_and_answered(models_dir, start_client):
+    from tests.server.test_decoder import bomb
+
+    client = start_client(models_dir, decode_pixel_budget=1024 * 1024)
+    files = [("image", (f"{i}.webp", bomb(), "image/webp")) for i in range(4)]
+    response = client.post("/certify/batch", files=files, params={"resize": "true"})
+    assert response.status_code == 200
+    assert [a["resized"] for a in response.json()] == [True] * 4
