@@ -52,9 +52,11 @@ ERRORS: dict[int | str, dict] = {
     400: _ERROR | {"description": "empty body, not an image, truncated or corrupt image"},
     401: _ERROR | {"description": "API key missing or wrong"},
     404: _ERROR | {"description": "unknown model"},
+    408: _ERROR | {"description": "headers or body sent too slowly"},
     413: _ERROR | {"description": "body over the limit, or decompression bomb"},
     415: _ERROR | {"description": "content type or image format not supported"},
     422: _ERROR | {"description": "wrong image size, parameter out of range, missing image"},
     429: _ERROR | {"description": "audit queue full; see Retry-After"},
-    503: _ERROR | {"description": "model not ready, or fast-path queue full"},
+    431: _ERROR | {"description": "request line and headers too large"},
+    503: _ERROR | {"description": "model not ready, queue full (Retry-After), or shutting down"},
 }
