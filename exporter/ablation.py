@@ -16,6 +16,7 @@ renders.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.config import load_config
-from exporter.fidelity import EVIDENCE, Evidence, Protocol, fit_rule, load_evidence, tables
+from exporter.fidelity import EVIDENCE, Evidence, Protocol, fit_configured, load_evidence, tables
 from exporter.report import ablation_table, write_markdown
 from server.bundle import read_manifest
 from server.smoothing import ShiftRule
@@ -34,17 +35,11 @@ RADII = (0.0, 0.25, 0.5, 0.75)
 
 def rules(calib: Evidence, protocol: Protocol, calibrate) -> dict:
     """{rule name: fitted rule} for the two calibration rules compared."""
-    common = dict(epsilon=calibrate.epsilon, selection_radii=calibrate.selection_radii)
-    single = fit_rule(calib, protocol, candidates=(1,), selection_fraction=0.0, seed=0, **common)
-    binned = fit_rule(
-        calib,
-        protocol,
-        candidates=calibrate.bins,
-        selection_fraction=calibrate.selection_fraction,
-        seed=calibrate.seed,
-        **common,
-    )
-    return {"one shift": single, "Mondrian": binned}
+    single = dataclasses.replace(calibrate, bins=(1,), selection_fraction=0.0)
+    return {
+        "one shift": fit_configured(calib, protocol, single),
+        "Mondrian": fit_configured(calib, protocol, calibrate),
+    }
 
 
 def score(sets: dict[str, Evidence], protocol: Protocol, calibrate) -> list[dict]:

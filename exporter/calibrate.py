@@ -22,7 +22,7 @@ import numpy as np
 from exporter import data as data_stage
 from exporter.certify_images import certify_all
 from exporter.config import Config
-from exporter.fidelity import Evidence, Protocol, fit_rule
+from exporter.fidelity import Evidence, Protocol, fit_configured
 from exporter.onnx_export import ensure_onnx
 from server.runtime import OnnxPredictor, make_session
 from server.smoothing import ShiftRule
@@ -58,15 +58,7 @@ def run(cfg: Config, work: Path) -> Path:
     surrogate = ensure_onnx(work, "surrogate", cfg.export, ds.calib.images)
     calib, seconds = evidence(cfg, work, ds.calib, "calib_mc", c.seed, surrogate)
     protocol = Protocol(b.n, b.alpha, b.sigma)
-    fit = fit_rule(
-        calib,
-        protocol,
-        epsilon=c.epsilon,
-        candidates=c.bins,
-        selection_fraction=c.selection_fraction,
-        selection_radii=c.selection_radii,
-        seed=c.seed,
-    )
+    fit = fit_configured(calib, protocol, c)
     z, scores = calib.raw_z_and_scores(protocol)
     binned = isinstance(fit.rule, ShiftRule)
     result = {

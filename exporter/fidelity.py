@@ -165,6 +165,19 @@ def fit_rule(
     return RuleFit(served_rule, chosen, table, fit, float(violations.mean()))
 
 
+def fit_configured(calib: Evidence, p: Protocol, c) -> RuleFit:
+    """`fit_rule` with the settings of a `CalibrateConfig` `c`."""
+    return fit_rule(
+        calib,
+        p,
+        epsilon=c.epsilon,
+        candidates=c.bins,
+        selection_fraction=c.selection_fraction,
+        selection_radii=c.selection_radii,
+        seed=c.seed,
+    )
+
+
 def compare(served, mc) -> dict:
     """Certificate-level agreement of a served rule (pred, radius) with Monte-Carlo's."""
     (pred, rad), (mc_pred, mc_rad) = served, mc
