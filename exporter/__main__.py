@@ -3,6 +3,9 @@
 Options: `--stage NAME` (repeatable) runs only those stages; `--data-dir DIR` points at an
 ImageFolder root (train/, test/); `--work DIR` holds intermediate artifacts (default
 work/<bundle name>); `--set section.field=value` (repeatable) overrides the preset.
+Monte-Carlo (targets, calibrate, evaluate) runs on every core of this machine; `--workers N`
+caps the workers (1: in this process), `--ray` runs it on a local Ray and `--ray-address ADDR`
+on a Ray cluster (`pip install -e '.[cluster]'`; see exporter/executor.py).
 """
 
 from __future__ import annotations
@@ -13,8 +16,27 @@ import sys
 from pathlib import Path
 
 from exporter.config import load_config
-from exporter.data import DatasetError
-from exporter.pipeline import STAGES, run
+from exporter.executor import Executor, LocalExecutor, RayExecutor, using
+
+# The pipeline (and torch) is imported in main(): a spawned Monte-Carlo worker imports this
+# module as its __main__ and needs none of it.
+STAGE_NAMES = (
+    "data",
+    "train-base",
+    "targets",
+    "train-surrogate",
+    "calibrate",
+    "export",
+    "evaluate",
+    "hybrid",
+)
+
+
+def make_executor(args: argparse.Namespace) -> Executor:
+    """The executor the options name: local (default) or Ray."""
+    if args.ray or args.ray_address:
+        return RayExecutor(args.ray_address, args.workers)
+    return LocalExecutor(args.workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="run the pipeline (or some stages) into a bundle")
     p.add_argument("--config", required=True, help="TOML preset, e.g. exporter/configs/smoke.toml")
     p.add_argument("--out", required=True, type=Path, help="bundle folder, e.g. models/<name>")
-    p.add_argument("--stage", action="append", choices=list(STAGES), help="run only this stage")
+    p.add_argument("--stage", action="append", choices=STAGE_NAMES, help="run only this stage")
     p.add_argument("--data-dir", help="ImageFolder root with train/ and test/")
     p.add_argument("--work", type=Path, help="work folder (default work/<bundle name>)")
     p.add_argument(
@@ -37,15 +59,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.FIELD=VALUE",
         help="override a config field",
     )
+    p.add_argument("--workers", type=int, help="Monte-Carlo workers (default: every core)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--ray", action="store_true", help="run the Monte-Carlo on a local Ray")
+    where.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto', ...)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     overrides = list(args.set) + ([f"data.root={args.data_dir}"] if args.data_dir else [])
+    from exporter.data import DatasetError
+    from exporter.pipeline import STAGES, run
+
+    assert tuple(STAGES) == STAGE_NAMES, "exporter/__main__.py lists the stages of the pipeline"
     try:
         cfg = load_config(args.config, overrides)
         work = args.work or Path("work") / cfg.bundle.name
-        run(cfg, work, args.out, args.stage)
+        with make_executor(args) as executor, using(executor):
+            run(cfg, work, args.out, args.stage)
     except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as exc:
         logging.getLogger("exporter").error("%s", exc)
         return 2

@@ -1,25 +1,25 @@
 """Monte-Carlo CERTIFY over a set of images, resumable: the ground truth for calibrate/evaluate.
 
 Runs `server.sampling.certify` (the code behind /certify/sampled) on each image with the
-bundle's protocol (n0, n, alpha) and a per-image seed (seed, image index), writing results in
-chunks of `CHUNK` images to `<out_dir>/chunk_XXXXX.npz`; a rerun skips finished chunks.
+bundle's protocol (n0, n, alpha) and a per-image seed (seed, image index), in chunks of `CHUNK`
+images (`exporter.chunk_work.certify_chunk`) on the active executor (`exporter.executor`: every
+local core by default, or Ray). The driver writes each finished chunk to
+`<out_dir>/chunk_XXXXX.npz` (tmp + rename); a rerun skips finished chunks.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from exporter import chunk_work, executor
 from exporter.bundle import sha256
 from exporter.config import BundleConfig
-from server.runtime import OnnxPredictor, make_session
-from server.sampling import certify
 from server.smoothing import certify_from_counts
 
 log = logging.getLogger(__name__)
@@ -63,38 +63,22 @@ def certify_all(
             "delete the folder to recompute"
         )
     stamp.write_text(json.dumps(protocol))
-    predict = OnnxPredictor(make_session(base_onnx))
-    x_all = images_uint8.astype(np.float32) / np.float32(255.0)
-    k = None
-    starts = range(0, len(x_all), CHUNK)
-    for index, start in enumerate(tqdm(starts, desc=desc, mininterval=30)):
-        path = out_dir / f"chunk_{index:05d}.npz"
-        if path.exists():
-            continue
-        rows = []
-        for i in range(start, min(start + CHUNK, len(x_all))):
-            t0 = time.perf_counter()
-            if k is None:
-                k = predict(x_all[i : i + 1]).shape[1]
-            r = certify(
-                predict,
-                x_all[i],
-                sigma=bundle.sigma,
-                num_classes=k,
-                n0=bundle.n0,
-                n=bundle.n,
-                alpha=bundle.alpha,
-                batch_size=batch_size,
-                rng=np.random.default_rng([seed, i]),
-            )
-            rows.append((r.counts0, r.counts, time.perf_counter() - t0))
-        np.savez(
-            path.with_suffix(".tmp.npz"),
-            counts0=np.stack([r[0] for r in rows]),
-            counts=np.stack([r[1] for r in rows]),
-            seconds=np.array([r[2] for r in rows]),
-        )
-        path.with_suffix(".tmp.npz").replace(path)
+    starts = range(0, len(images_uint8), CHUNK)
+    shared = dict(seed=seed, sigma=bundle.sigma, n0=bundle.n0, n=bundle.n, alpha=bundle.alpha)
+    shared["batch_size"] = batch_size
+    todo = [
+        (index, {"images_uint8": images_uint8[start : start + CHUNK], "first": start} | shared)
+        for index, start in enumerate(starts)
+        if not (out_dir / f"chunk_{index:05d}.npz").exists()
+    ]
+    with executor.active() as ex:
+        if todo:
+            log.info("%s: %d of %d chunks on %s", desc, len(todo), len(starts), ex.describe())
+        results = ex.map(chunk_work.certify_chunk, Path(base_onnx), todo)
+        for index, arrays in tqdm(results, total=len(todo), desc=desc, mininterval=30):
+            path = out_dir / f"chunk_{index:05d}.npz"
+            np.savez(path.with_suffix(".tmp.npz"), **arrays)
+            path.with_suffix(".tmp.npz").replace(path)
     parts = [np.load(out_dir / f"chunk_{i:05d}.npz") for i in range(len(starts))]
     counts0 = np.concatenate([p["counts0"] for p in parts])
     counts = np.concatenate([p["counts"] for p in parts])

@@ -21,6 +21,7 @@ from exporter import (
     calibrate,
     data,
     evaluate,
+    executor,
     hybrid,
     targets,
     train_base,
@@ -48,11 +49,12 @@ def run(cfg: Config, work: Path, out: Path, stages: list[str] | None = None) -> 
     work.mkdir(parents=True, exist_ok=True)
     timings_path = work / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    for name in stages or list(STAGES):
-        log.info("stage %s: start", name)
-        t0 = time.perf_counter()
-        STAGES[name](cfg, work, out)
-        timings[name] = round(time.perf_counter() - t0, 1)
-        timings_path.write_text(json.dumps(timings, indent=2))
-        log.info("stage %s: done in %.1f s", name, timings[name])
+    with executor.active(workers=None) as ex, executor.using(ex):  # every core, for all stages
+        for name in stages or list(STAGES):
+            log.info("stage %s: start", name)
+            t0 = time.perf_counter()
+            STAGES[name](cfg, work, out)
+            timings[name] = round(time.perf_counter() - t0, 1)
+            timings_path.write_text(json.dumps(timings, indent=2))
+            log.info("stage %s: done in %.1f s", name, timings[name])
     return timings

@@ -3,16 +3,19 @@
 For each training image x, N noisy copies x + N(0, sigma^2 I) go through base.onnx in
 onnxruntime and the argmax labels are counted: counts[i] sums to N, and counts / N is the
 surrogate's training target (Accelerated Smoothing). Noise is streamed batch by batch.
-Images are labelled in chunks, each written to `<work>/targets/chunk_XXXXX.npy` with its own
-seed (seed, chunk index), so an interrupted run resumes at the first missing chunk and gives the
-same counts as an uninterrupted one.
+Images are labelled in chunks (`exporter.chunk_work.label_chunk`), each with its own seed
+(seed, chunk index), on the active executor (`exporter.executor`: every local core by default,
+or Ray); the driver writes each finished chunk to `<work>/targets/chunk_XXXXX.npy` (tmp +
+rename), so an interrupted run resumes from its finished chunks and gives the same counts as an
+uninterrupted one, whichever executor ran which chunk.
 
 Adaptive N (`extra_samples`): an image whose top class took at least `confident_fraction` of its
 N draws gets `extra_samples` more. Radii live at the top of the range (p_A = 0.97 certifies 0.47
 sigma less than 0.999), which N = 256 draws cannot resolve; the extra draws go only where the
 base is confident, so they cost a fraction of drawing them for every image.
 Artifact: `<work>/targets/counts.npy` [N_train, K] (rows sum to N or N + extra_samples) and
-`<work>/targets/meta.json` (N, seed, samples/s against the bare onnxruntime rate).
+`<work>/targets/meta.json` (N, seed, the executor, samples/s of all its workers together
+against the bare onnxruntime rate of one session on every core).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from exporter import chunk_work, executor
 from exporter import data as data_stage
 from exporter.bundle import sha256
 from exporter.config import Config
 from exporter.onnx_export import ensure_onnx
 from server.runtime import OnnxPredictor, make_session
-from server.sampling import sample_counts
 
 log = logging.getLogger(__name__)
 
@@ -72,27 +75,32 @@ def run(cfg: Config, work: Path) -> Path:
     images, k = ds.train.images, len(ds.classes)
     chunks = range(0, len(images), c.chunk_images)
     rate = bare_rate(predict, images.shape[1:], c.batch_size)
-    labelled, busy = 0, 0.0
-    for index, start in enumerate(tqdm(chunks, desc="targets", mininterval=10)):
-        path = out_dir / f"chunk_{index:05d}.npy"
-        if path.exists():
-            continue
-        t0 = time.perf_counter()
-        x = data_stage.to_float(images[start : start + c.chunk_images])
-        rng = np.random.default_rng([c.seed, index])
-        counts = sample_counts(predict, x, c.num_samples, sigma, k, c.batch_size, rng)
-        drawn = len(x) * c.num_samples
-        if c.extra_samples:
-            confident = counts.max(1) >= c.confident_fraction * c.num_samples
-            if confident.any():
-                counts[confident] += sample_counts(
-                    predict, x[confident], c.extra_samples, sigma, k, c.batch_size, rng
-                )
-            drawn += int(confident.sum()) * c.extra_samples
-        np.save(path.with_suffix(".tmp.npy"), counts)
-        path.with_suffix(".tmp.npy").replace(path)
-        busy += time.perf_counter() - t0
-        labelled += drawn
+    shared = {  # the same for every chunk
+        "seed": c.seed,
+        "sigma": sigma,
+        "num_classes": k,
+        "num_samples": c.num_samples,
+        "extra_samples": c.extra_samples,
+        "confident_fraction": c.confident_fraction,
+        "batch_size": c.batch_size,
+    }
+    todo = [
+        (index, {"images_uint8": images[start : start + c.chunk_images], "index": index} | shared)
+        for index, start in enumerate(chunks)
+        if not (out_dir / f"chunk_{index:05d}.npy").exists()
+    ]
+    labelled, t0 = 0, time.perf_counter()
+    with executor.active() as ex:
+        where = ex.describe()
+        log.info("targets: %d of %d chunks to label on %s", len(todo), len(chunks), where)
+        results = ex.map(chunk_work.label_chunk, base, todo)
+        progress = tqdm(results, total=len(todo), desc="targets", mininterval=10)
+        for index, (counts, drawn) in progress:
+            path = out_dir / f"chunk_{index:05d}.npy"
+            np.save(path.with_suffix(".tmp.npy"), counts)
+            path.with_suffix(".tmp.npy").replace(path)
+            labelled += drawn
+    wall = time.perf_counter() - t0
     counts = np.concatenate([np.load(out_dir / f"chunk_{i:05d}.npy") for i in range(len(chunks))])
     sums = counts.sum(1)
     assert np.isin(sums, [c.num_samples, c.num_samples + c.extra_samples]).all(), (
@@ -107,13 +115,14 @@ def run(cfg: Config, work: Path) -> Path:
         "seed": c.seed,
         "images": len(counts),
         "bare_onnxruntime_images_per_s": rate,
+        "executor": where,
     }
     if labelled:
-        meta |= {"samples_per_s": labelled / busy, "fraction_of_bare": labelled / busy / rate}
+        meta |= {"samples_per_s": labelled / wall, "fraction_of_bare": labelled / wall / rate}
         log.info(
             "targets: %.0f samples/s = %.0f%% of bare onnxruntime (%.0f/s at batch %d)",
-            labelled / busy,
-            100 * labelled / busy / rate,
+            labelled / wall,
+            100 * labelled / wall / rate,
             rate,
             c.batch_size,
         )
