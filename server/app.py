@@ -3,10 +3,11 @@
     uvicorn --factory server.app:app_from_env --port 8000     # settings from ACCSMOOTH_*
     python -m server --port 8000 --workers 2                   # the same, with multiprocess metrics
 
-Startup (lifespan): the audit pool, the shadow auditor and the hybrid fallback pool are
-created and bundles load in the background, so /livez answers at once and /readyz turns 200
-when every bundle is warmed up. Every domain error is
-answered by one handler, through the status table in `server.errors`.
+Startup (lifespan): the audit pool, the shadow auditor, the hybrid fallback pool and the image
+decoder are created, the SIGTERM drain is armed (`server.lifecycle`) and bundles load in the
+background, so /livez answers at once and /readyz turns 200 when every bundle is warmed up.
+Every domain error is answered by one handler, through the status table in `server.errors`; a
+client that hung up mid-request is answered 499 (for the metrics) and logged in one line.
 """
 
 from __future__ import annotations
