@@ -115,8 +115,10 @@ def test_a_client_gone_mid_upload_is_counted_499_and_logged_in_one_line(server):
             b"content-length: 1000\r\n\r\n" + solid(230)[:10]
         )
     wait_for(
-        lambda: metric(server, "accsmooth_http_requests_total", endpoint="/certify", status="499")
-        > before,
+        lambda: (
+            metric(server, "accsmooth_http_requests_total", endpoint="/certify", status="499")
+            > before
+        ),
         "the disconnect was not counted as 499",
     )
     assert metric(server, "accsmooth_http_requests_total", status="500") == 0
@@ -136,10 +138,13 @@ def test_an_audit_is_cancelled_when_its_client_disconnects(server):
         )
         wait_for(lambda: metric(server, "accsmooth_sampled_running") >= 1, "the audit never ran")
     wait_for(
-        lambda: metric(server, "accsmooth_sampled_running") == 0
-        and metric(server, "accsmooth_sampled_queue_depth") == 0,
+        lambda: (
+            metric(server, "accsmooth_sampled_running") == 0
+            and metric(server, "accsmooth_sampled_queue_depth") == 0
+        ),
         "the audit went on after its client had gone",
     )
-    assert metric(
-        server, "accsmooth_http_requests_total", endpoint="/certify/sampled", status="499"
-    ) == 1
+    assert (
+        metric(server, "accsmooth_http_requests_total", endpoint="/certify/sampled", status="499")
+        == 1
+    )
