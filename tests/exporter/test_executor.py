@@ -16,7 +16,7 @@ import pytest
 from exporter import __main__ as cli
 from exporter import data, targets
 from exporter.certify_images import certify_all
-from exporter.executor import LocalExecutor, using
+from exporter.executor import LocalExecutor, cores, using
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from tests.exporter.conftest import SMOKE
 
@@ -111,6 +111,20 @@ def test_the_cli_refuses_both_ray_options_and_zero_workers(capsys):
         with pytest.raises(SystemExit):
             cli.main(base + options)
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_the_throughput_script_prints_a_row_per_executor(smoke_run, capsys):
+    from exporter import throughput
+
+    _, work, _ = smoke_run
+    argv = [str(work / "base.onnx"), "--rounds", "2", "--chunks", "2", "--bare-seconds", "0.2"]
+    throughput.main([*argv, "--no-ray"])
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows == [
+        "| bare onnxruntime (1 session, every core, no noise)",
+        "| local (1 worker)",
+        f"| local ({cores()} worker{'s' if cores() > 1 else ''})",
+    ]
 
 
 @pytest.fixture(scope="module")
