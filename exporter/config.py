@@ -67,6 +67,8 @@ class TargetsConfig:
     # extra_samples more, to resolve p_A in 0.99-0.9999, where certified radii live
     extra_samples: int = 0
     confident_fraction: float = 1.0
+    # label only the first max_images training images (0 = all); the surrogate trains on those
+    max_images: int = 0
     seed: int = 0
 
 

@@ -72,7 +72,7 @@ def run(cfg: Config, work: Path) -> Path:
             " delete the folder to recompute"
         )
     stamp_path.write_text(json.dumps(stamp))
-    images, k = ds.train.images, len(ds.classes)
+    images, k = ds.train.images[: c.max_images or None], len(ds.classes)
     chunks = range(0, len(images), c.chunk_images)
     rate = bare_rate(predict, images.shape[1:], c.batch_size)
     shared = {  # the same for every chunk
@@ -127,7 +127,7 @@ def run(cfg: Config, work: Path) -> Path:
             c.batch_size,
         )
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
-    agree = (counts.argmax(1) == ds.train.labels).mean()
+    agree = (counts.argmax(1) == ds.train.labels[: len(counts)]).mean()
     log.info(
         "targets: %d images x N=%d; top class = label on %.1f%%",
         len(counts),

@@ -66,7 +66,8 @@ def run(cfg: Config, work: Path) -> Path:
         model.load_state_dict(base["model"])
     # the last 2% of training images (at most 1,000) stay out of the fit: a held-out JS loss
     held = min(1000, max(1, len(freqs) // 50))
-    fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, None)
+    # (targets may cover only the first images of the training set: targets.max_images)
+    fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, len(freqs))
     x_all, y_all = torch.as_tensor(ds.train.images[fit]), targets[fit]
     steps_per_epoch = len(y_all) // c.batch_size
     opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.2)

@@ -73,3 +73,10 @@ def test_meta_records_the_rate_against_bare_onnxruntime(smoke_run):
     meta = json.loads((work / "targets" / "meta.json").read_text())
     assert meta["bare_onnxruntime_images_per_s"] > 0
     assert 0 < meta["fraction_of_bare"] <= 1.5
+
+
+def test_max_images_labels_a_prefix_of_the_training_set_with_the_same_counts(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    some = dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, max_images=128))
+    counts = np.load(targets.run(some, _copy_work(work, tmp_path / "some")))
+    assert np.array_equal(counts, np.load(work / "targets" / "counts.npy")[:128])
