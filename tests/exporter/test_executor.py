@@ -1,14 +1,20 @@
 """Executors: a process pool and Ray give the counts of one process, bit for bit, for the same
-seeds; a run resumes from the chunks it finished; the CLI's options pick the executor.
+seeds; a run killed midway resumes from the chunks it finished; the CLI's options pick the
+executor.
 
 The smoke pipeline (`smoke_run`) ran on the default pool of every core; the references here
 run in one process (`LocalExecutor(1)`), as the exporter did before executors. Ray tests share
 one local Ray of two workers (about 10 s to start) and fail, not skip, under CI without Ray.
 """
 
+import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +24,7 @@ from exporter import data, targets
 from exporter.certify_images import certify_all
 from exporter.executor import LocalExecutor, cores, using
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
-from tests.exporter.conftest import SMOKE
+from tests.exporter.conftest import ROOT, SMOKE
 
 IMAGES = 25  # three CERTIFY chunks, the last one short
 
@@ -86,10 +92,42 @@ def test_a_certify_run_resumes_from_its_finished_chunks(smoke_run, one_process, 
     assert np.array_equal(resumed.seconds[:10], first.seconds[:10])  # read back, not recomputed
 
 
-def _cli(smoke_config, work, tmp_path, *options):
+def test_a_killed_targets_run_resumes_from_its_finished_chunks(smoke_run, tmp_path):
+    """SIGKILL the CLI (driver and pool) once it has written a chunk; the rerun gives the counts
+    of an uninterrupted run. 128 draws per image make a chunk take about half a second here."""
+    cfg, work, _ = smoke_run
+    more = {"num_samples": 128, "extra_samples": 0}
+    slow = dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, **more))
+    with LocalExecutor(2) as pool, using(pool):
+        expected = np.load(targets.run(slow, _copy_work(work, tmp_path / "reference")))
+    killed = _copy_work(work, tmp_path / "killed")
+    argv = [sys.executable, "-m", "exporter", *_cli_args(cfg, killed, tmp_path), "--workers", "2"]
+    argv += ["--set", "targets.num_samples=128", "--set", "targets.extra_samples=0"]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    chunk_files = killed / "targets"
+    while proc.poll() is None and not list(chunk_files.glob("chunk_?????.npy")):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    finished = sorted(chunk_files.glob("chunk_?????.npy"))
+    assert 1 <= len(finished) < len(expected) // cfg.targets.chunk_images  # killed midway
+    for path in finished:  # whole chunks only
+        index = int(path.stem.split("_")[1])
+        rows = slice(index * cfg.targets.chunk_images, (index + 1) * cfg.targets.chunk_images)
+        assert np.array_equal(np.load(path), expected[rows])
+    with LocalExecutor(2) as pool, using(pool):
+        assert np.array_equal(np.load(targets.run(slow, killed)), expected)
+
+
+def _cli_args(smoke_config, work, tmp_path):
     argv = ["run", "--config", str(SMOKE), "--out", str(tmp_path / "bundle"), "--work", str(work)]
-    argv += ["--set", f"data.root={smoke_config.data.root}", "--stage", "targets", *options]
-    assert cli.main(argv) == 0
+    return argv + ["--set", f"data.root={smoke_config.data.root}", "--stage", "targets"]
+
+
+def _cli(smoke_config, work, tmp_path, *options):
+    assert cli.main([*_cli_args(smoke_config, work, tmp_path), *options]) == 0
     return json.loads((work / "targets" / "meta.json").read_text()), np.load(
         work / "targets" / "counts.npy"
     )
