@@ -1,6 +1,6 @@
 """Reliability figures: slow clients, resize bombs, disconnects and SIGTERM, against a real server.
 
-    python -m loadtests.reliability          # about 2 minutes; results/reliability.json
+    python -m loadtests.reliability          # about 3 minutes; results/reliability.json
     python -m loadtests.reliability --quick  # shorter phases, fewer disconnects
 
 Each phase starts its own `python -m server` (one worker, default settings unless said) on a
@@ -13,6 +13,8 @@ threads of this process; every count and duration is bounded:
    4096 x 4096 (706-byte lossless WebP, then RLE BMP) while /livez is polled every 10 ms;
 3. disconnects: 1,000 requests whose client hangs up (mid-headers, mid-upload, before the
    answer, during an audit); the server's own /metrics must show no 5xx;
+   then neighbours: a normal /certify client's rate alone, beside 2 clients looping single
+   resize bombs, and beside 20 mode=hybrid clients (the default bundle, CIFAR-10 images);
 4. SIGTERM with 5 queued audits of n = 100,000 and 8 fast-path clients: every fast-path request
    sent before the signal answered, the audits answered (200 or 503), the exit within the grace
    period (ACCSMOOTH_GRACEFUL_TIMEOUT_S, 10 s by default).
@@ -38,8 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from loadtests.images import load_images
 from loadtests.machine import machine_facts
-from loadtests.serve import REPO, ServerProcess
+from loadtests.serve import REPO, ServerProcess, single_bundle_dir
 
 RESULTS = Path(__file__).resolve().parent / "results" / "reliability.json"
 
@@ -306,6 +309,45 @@ def disconnects(models: Path, count: int) -> dict:
     }
 
 
+def neighbours(models: Path, seconds: float) -> dict:
+    """A normal /certify client's rate alone, beside 2 clients looping single resize bombs, and
+    beside 20 mode=hybrid clients (on the default bundle: some images fall back to Monte-Carlo)
+    compared with 20 plain /certify clients (the same load without the fallbacks)."""
+    images = [i.data for i in load_images(limit=20, png_every=1)]
+    bombs = bomb("WEBP")
+    out = {}
+    with ServerProcess(models) as server:
+        loads = {
+            "alone": [],
+            "2_resize_bomb_clients": [
+                Poller(server.port, "POST", "/certify?resize=true", bombs, "image/webp")
+                for _ in range(2)
+            ],
+            "20_surrogate_clients": [
+                Poller(server.port, "POST", "/certify", images[i % len(images)]) for i in range(20)
+            ],
+            "20_hybrid_clients": [
+                Poller(server.port, "POST", "/certify?mode=hybrid", images[i % len(images)])
+                for i in range(20)
+            ],
+        }
+        for name, others in loads.items():
+            for thread in others:
+                thread.start()
+            time.sleep(1.0)
+            client = Poller(server.port, "POST", "/certify", images[0])
+            client.start()
+            time.sleep(seconds)
+            for thread in (client, *others):
+                thread.stop.set()
+            for thread in (client, *others):
+                thread.join(60)
+            out[name] = summary(client.records) | {"rate_per_s": len(client.records) / seconds}
+            if others:
+                out[name]["others"] = summary([r for t in others for r in t.records])
+    return out
+
+
 def sigterm(models: Path, audits: int = 5, clients: int = 8) -> dict:
     image = png()
     with ServerProcess(models) as server:
@@ -351,14 +393,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases (a functional run)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--bundle", type=Path, default=REPO / "models" / "cifar10-sigma0.25",
+        help="trained bundle for the neighbours phase (hybrid needs boundary images)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     models = models_dir()
+    default_bundle = single_bundle_dir(args.bundle)
     seconds = 8.0 if args.quick else 30.0
     report = {"machine": machine_facts(REPO), "command": "python -m loadtests.reliability"}
     phases = (
         ("slow_bodies", lambda: slow_bodies(models, 300, seconds)),
         ("resize_bombs", lambda: resize_bombs(models, seconds / 3)),
         ("disconnects", lambda: disconnects(models, 200 if args.quick else 1000)),
+        ("neighbours", lambda: neighbours(default_bundle, seconds / 3)),
         ("sigterm", lambda: sigterm(models)),
     )
     for name, run in phases:

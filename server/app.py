@@ -47,7 +47,9 @@ async def lifespan(app: FastAPI):
     )
     app.state.shadow = ShadowAuditor(settings)
     app.state.hybrid = fallback_pool(settings)
-    app.state.decoder = Decoder(settings.max_image_pixels, settings.decode_pixel_budget)
+    app.state.decoder = Decoder(
+        settings.max_image_pixels, settings.decode_pixel_budget, niceness=settings.sampled_nice
+    )
     drain: Drain = app.state.drain
     drain.start(app.state.audits, app.state.hybrid)
     drain.install_signal_handlers()

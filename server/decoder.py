@@ -7,7 +7,8 @@ refused from the header) and images of at most `INLINE_PIXELS`. Everything else 
 resized on the decoder's own threads, and holds its pixel count from a budget
 (`ACCSMOOTH_DECODE_PIXEL_BUDGET`) while it waits and decodes: a request of 32 resize bombs
 then decodes them a budget's worth at a time off the loop, /livez and the fast path keep
-answering meanwhile, and the memory of images being decoded stays bounded.
+answering meanwhile, and the memory of images being decoded stays bounded. The threads are
+niced like audits (`ACCSMOOTH_SAMPLED_NICE`), so that /certify gets the CPU first.
 
     decoder = Decoder(max_pixels=16_777_216, budget_pixels=16_777_216)
     image = await decoder.decode(data, height=32, width=32, resize=True)
@@ -21,6 +22,7 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from server.audit import lower_thread_priority
 from server.imaging import DecodedImage, decode_image, header_size
 
 INLINE_BYTES = 64 << 10  # model-size images up to this size are decoded on the event loop
@@ -68,11 +70,16 @@ class PixelBudget:
 class Decoder:
     """Decodes request images for a model input size without stalling the event loop."""
 
-    def __init__(self, max_pixels: int, budget_pixels: int, threads: int | None = None):
+    def __init__(
+        self, max_pixels: int, budget_pixels: int, threads: int | None = None, niceness: int = 0
+    ):
         self.max_pixels = max_pixels
         self.budget = PixelBudget(budget_pixels)
         threads = threads or min(4, os.cpu_count() or 1)
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(
+            threads, thread_name_prefix="decode",
+            initializer=lower_thread_priority, initargs=(niceness,),
+        )  # fmt: skip
 
     async def decode(self, data: bytes, *, height: int, width: int, resize: bool) -> DecodedImage:
         """`data` as a float32 [3, height, width] image; domain errors as `decode_image`."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import sys
+import threading
 
 import pytest
 from PIL import Image
@@ -93,3 +96,15 @@ def test_the_pixel_budget_serves_first_come_first_served_and_survives_cancellati
 
     order, used = asyncio.run(scenario())
     assert order == ["big", "small"] and used == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice is Linux's")
+def test_decoder_threads_are_niced_so_the_fast_path_gets_the_cpu_first():
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    decoder = Decoder(max_pixels=1 << 24, budget_pixels=1 << 24, threads=1, niceness=7)
+    try:
+        assert decoder._executor.submit(nice).result() == min(19, nice() + 7)
+    finally:
+        decoder.shutdown()
