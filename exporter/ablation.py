@@ -25,7 +25,7 @@ import numpy as np
 
 from exporter.config import load_config
 from exporter.fidelity import EVIDENCE, Evidence, Protocol, fit_configured, load_evidence, tables
-from exporter.report import ablation_table, write_markdown
+from exporter.report import ablation_table, render
 from server.bundle import read_manifest
 from server.smoothing import ShiftRule
 
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.bundle / ABLATION_JSON).write_text(json.dumps(meta))
     result = recompute(args.bundle)
     (args.bundle / ABLATION_JSON).write_text(json.dumps(result, indent=2) + "\n")
-    report = json.loads((args.bundle / "report.json").read_text())
-    write_markdown(args.bundle / "report.md", report, result)
+    render(args.bundle)
     write_manifest(args.bundle, bundle_stage.read_manifest(args.bundle))  # rehash every file
     print(ablation_table(result))
     return 0

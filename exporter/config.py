@@ -82,6 +82,9 @@ class TrainSurrogateConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     flip: bool = True  # horizontal flips (the counts of a mirrored image are close to equal)
+    # max L2 norm of the gradient per step (0 = no clipping): a base imported with folded
+    # BatchNorm has no batch statistics to tame its gradients, and diverges at lr >= 0.01
+    grad_clip: float = 0.0
     threads: int = 0
     seed: int = 0
 

@@ -20,12 +20,11 @@ from importlib import metadata
 from pathlib import Path
 
 from exporter import data as data_stage
-from exporter.ablation import ABLATION_JSON
 from exporter.bundle import read_manifest, write_manifest
 from exporter.calibrate import evidence
 from exporter.config import Config
 from exporter.fidelity import EVIDENCE, Protocol, save_evidence, tables
-from exporter.report import write_markdown, write_plot
+from exporter.report import render, write_plot
 from server.bundle import Manifest
 from server.runtime import OnnxPredictor, make_session
 from server.smoothing import certify_from_probabilities, radius_from_p_lower
@@ -102,10 +101,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_plot(out / "certified_accuracy.png", main["curves"], ds.eval.labels, b)
-    ablation = out / ABLATION_JSON  # added by python -m exporter.ablation; kept on a rerun
-    write_markdown(
-        out / "report.md", report, json.loads(ablation.read_text()) if ablation.exists() else None
-    )
+    render(out)  # with ablation.json's table when python -m exporter.ablation added one
     manifest["evaluation"] = {
         k: report[k] for k in ("images", "certified_accuracy", "top1_agreement", "speedup")
     }

@@ -28,10 +28,11 @@ import numpy as np
 
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
+from exporter.report import render
 from exporter.scoring import accuracy_table, overestimated
 from server.bundle import Manifest
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
-from server.sampling import certify, fallback_samples, measure_throughput
+from server.sampling import certify, certify_given_class, fallback_samples, measure_throughput
 from server.smoothing import certify_from_counts, certify_from_probabilities, hybrid_route
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ MARGIN = 0.05  # ACCSMOOTH_HYBRID_MARGIN's default
 BUDGET_MS = 100.0  # ACCSMOOTH_HYBRID_BUDGET_MS's default
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 SEED = 0
-MD_HEADING = "## Hybrid certification (mode=hybrid)"
+# how the fallback CERTIFY picks cA: its own n0 selection draws (what the server runs), or the
+# surrogate's class with all n0 + n samples bounding pA; the report compares the two
+GUESSES = ("selection_round", "surrogate_class")
 
 
 def full_protocol_mc(work: Path, m: int, alpha: float, sigma: float):
@@ -84,26 +87,36 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
     k = len(manifest["classes"])
     rate = measure_throughput(base, x.shape[1:], sigma=sigma, num_classes=k, batch_size=256)
     n0_fb, n_fb = fallback_samples(budget_ms, rate, proto["n0"], n)
-    pred = np.full(len(x), -1)
-    radius = np.zeros(len(x))
-    routes, ms = [], np.zeros(len(x))
+    mc = full_protocol_mc(work, len(x), alpha, sigma)
     surrogate(x[:1])  # warm
-    for i in range(len(x)):
-        t0 = time.perf_counter()
-        probs = surrogate(x[i : i + 1])
-        served = certify_from_probabilities(probs, n, alpha, sigma, shift)[0]
-        route = hybrid_route(float(probs.max()), served.p_a_lower, margin)
-        if route == "boundary":
-            rng = np.random.default_rng([SEED, i])
-            served = certify(
-                base, x[i], sigma=sigma, num_classes=k, n0=n0_fb, n=n_fb, alpha=alpha,
-                batch_size=min(256, n_fb), rng=rng,
-            ).certificate  # fmt: skip
-        ms[i] = 1000.0 * (time.perf_counter() - t0)
-        routes.append(route)
-        if not served.abstained:
-            pred[i], radius[i] = served.predicted_class, served.radius
-    routes = np.array(routes)
+    runs = {}
+    for guess in GUESSES:
+        pred = np.full(len(x), -1)
+        radius = np.zeros(len(x))
+        routes, ms = [], np.zeros(len(x))
+        for i in range(len(x)):
+            t0 = time.perf_counter()
+            probs = surrogate(x[i : i + 1])
+            served = certify_from_probabilities(probs, n, alpha, sigma, shift)[0]
+            route = hybrid_route(float(probs.max()), served.p_a_lower, margin)
+            if route == "boundary":
+                rng = np.random.default_rng([SEED, i])
+                common = dict(sigma=sigma, num_classes=k, alpha=alpha, rng=rng)
+                if guess == "surrogate_class":  # no selection round: all samples bound pA
+                    served = certify_given_class(
+                        base, x[i], int(probs.argmax()), n=n0_fb + n_fb,
+                        batch_size=min(256, n0_fb + n_fb), **common,
+                    ).certificate  # fmt: skip
+                else:
+                    served = certify(
+                        base, x[i], n0=n0_fb, n=n_fb, batch_size=min(256, n_fb), **common
+                    ).certificate
+            ms[i] = 1000.0 * (time.perf_counter() - t0)
+            routes.append(route)
+            if not served.abstained:
+                pred[i], radius[i] = served.predicted_class, served.radius
+        runs[guess] = (pred, radius, np.array(routes), ms)
+    pred, radius, routes, ms = runs["selection_round"]
     mc_answered = routes == "boundary"
     accuracy, stderr = accuracy_table(pred, radius, labels, RADII)
     section = {
@@ -127,73 +140,23 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
         },
         "seed": SEED,
     }
-    mc = full_protocol_mc(work, len(x), alpha, sigma)
     if mc is not None:
         over = overestimated(pred, radius, mc[0], mc[1])
         section["overestimation_rate_vs_monte_carlo"] = float(over.mean())
-    return section
-
-
-def write_markdown_section(path: Path, h: dict, report: dict) -> None:
-    """Append (or replace) the hybrid section of report.md."""
-    text = path.read_text() if path.exists() else ""
-    text = text.split(f"\n{MD_HEADING}")[0].rstrip("\n") + "\n"
-    radii = list(h["certified_accuracy"])
-    names = {
-        "monte_carlo": "Monte-Carlo (CERTIFY)",
-        "surrogate_calibrated": "Surrogate, calibrated",
+    # the same routing, with the fallback CERTIFY taking the surrogate's class as cA and
+    # spending n0 + n samples on the bound (no selection round)
+    pred, radius, _, ms = runs["surrogate_class"]
+    section["surrogate_class_fallback"] = {
+        "n": n0_fb + n_fb,
+        "certified_accuracy": accuracy_table(pred, radius, labels, RADII)[0],
+        "latency_ms": {"monte_carlo": percentiles(ms[mc_answered])},
     }
-    rows = [
-        f"| {names[k]} | " + " | ".join(f"{100 * v[r]:.1f}%" for r in radii) + " |"
-        for k, v in report.get("certified_accuracy", {}).items()
-        if k in names
-    ]
-    a, lat, fb = h["answered_by"], h["latency_ms"], h["fallback_protocol"]
-    err = h["certified_accuracy_stderr"]
-    hybrid_row = " | ".join(
-        f"{100 * h['certified_accuracy'][r]:.1f}% ± {100 * err[r]:.1f}" for r in radii
-    )
-
-    def fmt(d):
-        return "n/a" if d["mean"] is None else f"{d['mean']:.2f} / {d['p50']:.2f} / {d['p95']:.2f}"
-
-    over = h.get("overestimation_rate_vs_monte_carlo")
-    lines = [
-        "",
-        MD_HEADING,
-        "",
-        f"The surrogate answers when its calibrated bound is >= 1/2 + {h['margin']} or its p_A "
-        f"<= 1/2 - {h['margin']}; otherwise CERTIFY on the base model answers with n0 = "
-        f"{fb['n0']}, n = {fb['n']:,} (alpha = {fb['alpha']}), the size that fits a "
-        f"{h['budget_ms']:g} ms budget at the {h['base_samples_per_second']:,.0f} noisy "
-        "samples/s measured on one onnxruntime thread.",
-        "",
-        f"Answered by the surrogate: {100 * a['surrogate']:.1f}% of {h['images']} images "
-        f"({100 * a['surrogate_clear_certify']:.1f}% clear certificates, "
-        f"{100 * a['surrogate_clear_abstain']:.1f}% clear abstentions); by Monte-Carlo: "
-        f"{100 * a['monte_carlo']:.1f}%."
-        + (
-            f" Over-estimations against the full-protocol CERTIFY: {100 * over:.1f}%."
-            if over is not None
-            else ""
-        ),
-        "",
-        "| method | " + " | ".join(f"r = {r}" for r in radii) + " |",
-        "|---|" + "---|" * len(radii),
-        *rows,
-        f"| Hybrid | {hybrid_row} |",
-        "",
-        "Latency per image, in process, batch 1 (mean / p50 / p95 ms): "
-        f"all {fmt(lat['all'])}; surrogate-answered {fmt(lat['surrogate'])}; "
-        f"Monte-Carlo-answered {fmt(lat['monte_carlo'])}.",
-        "",
-        f"Reproduce: `python -m exporter.hybrid models/{report.get('bundle', '<bundle>')} "
-        f"--work work/{report.get('bundle', '<bundle>')} --budget-ms {h['budget_ms']:g}` "
-        "(numbers move with the machine's load: the budget is sized from throughput measured "
-        "at the start).",
-        "",
-    ]
-    path.write_text(text + "\n".join(lines))
+    if mc is not None:
+        over = overestimated(pred, radius, mc[0], mc[1])
+        section["surrogate_class_fallback"]["overestimation_rate_vs_monte_carlo"] = float(
+            over.mean()
+        )
+    return section
 
 
 def run(bundle: Path, work: Path, margin: float = MARGIN, budget_ms: float = BUDGET_MS) -> Path:
@@ -203,7 +166,7 @@ def run(bundle: Path, work: Path, margin: float = MARGIN, budget_ms: float = BUD
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     report["hybrid"] = section
     report_path.write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown_section(bundle / "report.md", section, report)
+    render(bundle)
     manifest = read_manifest(bundle)
     manifest["evaluation"] = (manifest.get("evaluation") or {}) | {
         "hybrid": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,86 @@ def describe_calibration(cal: dict | None) -> str:
     )
 
 
+def _hybrid_lines(h: dict, report: dict) -> list[str]:
+    """The hybrid section (exporter.hybrid's figures) of report.md."""
+    radii = list(h["certified_accuracy"])
+    names = {
+        "monte_carlo": "Monte-Carlo (CERTIFY)",
+        "surrogate_calibrated": "Surrogate, calibrated",
+    }
+    rows = [
+        f"| {names[k]} | " + " | ".join(f"{100 * v[r]:.1f}%" for r in radii) + " |"
+        for k, v in report.get("certified_accuracy", {}).items()
+        if k in names
+    ]
+    a, lat, fb = h["answered_by"], h["latency_ms"], h["fallback_protocol"]
+    err = h["certified_accuracy_stderr"]
+    hybrid_row = " | ".join(
+        f"{100 * h['certified_accuracy'][r]:.1f}% ± {100 * err[r]:.1f}" for r in radii
+    )
+
+    def fmt(d):
+        return "n/a" if d["mean"] is None else f"{d['mean']:.2f} / {d['p50']:.2f} / {d['p95']:.2f}"
+
+    over = h.get("overestimation_rate_vs_monte_carlo")
+    alt = h.get("surrogate_class_fallback")
+    lines = [
+        "",
+        "## Hybrid certification (mode=hybrid)",
+        "",
+        f"The surrogate answers when its calibrated bound is >= 1/2 + {h['margin']} or its p_A "
+        f"<= 1/2 - {h['margin']}; otherwise CERTIFY on the base model answers with n0 = "
+        f"{fb['n0']}, n = {fb['n']:,} (alpha = {fb['alpha']}), the size that fits a "
+        f"{h['budget_ms']:g} ms budget at the {h['base_samples_per_second']:,.0f} noisy "
+        "samples/s measured on one onnxruntime thread.",
+        "",
+        f"Answered by the surrogate: {100 * a['surrogate']:.1f}% of {h['images']} images "
+        f"({100 * a['surrogate_clear_certify']:.1f}% clear certificates, "
+        f"{100 * a['surrogate_clear_abstain']:.1f}% clear abstentions); by Monte-Carlo: "
+        f"{100 * a['monte_carlo']:.1f}%."
+        + (
+            f" Over-estimations against the full-protocol CERTIFY: {100 * over:.1f}%."
+            if over is not None
+            else ""
+        ),
+        "",
+        "| method | " + " | ".join(f"r = {r}" for r in radii) + " |",
+        "|---|" + "---|" * len(radii),
+        *rows,
+        f"| Hybrid | {hybrid_row} |",
+        *(
+            [
+                "| Hybrid, fallback on the surrogate's class (n = "
+                f"{alt['n']:,}, no selection round) | "
+                + " | ".join(f"{100 * alt['certified_accuracy'][r]:.1f}%" for r in radii)
+                + " |"
+            ]
+            if alt
+            else []
+        ),
+        "",
+        "Latency per image, in process, batch 1 (mean / p50 / p95 ms): "
+        f"all {fmt(lat['all'])}; surrogate-answered {fmt(lat['surrogate'])}; "
+        f"Monte-Carlo-answered {fmt(lat['monte_carlo'])}.",
+        "",
+        f"Reproduce: `python -m exporter.hybrid models/{report.get('bundle', '<bundle>')} "
+        f"--work work/{report.get('bundle', '<bundle>')} --budget-ms {h['budget_ms']:g}` "
+        "(numbers move with the machine's load: the budget is sized from throughput measured "
+        "at the start).",
+        "",
+    ]
+    return lines
+
+
+def render(bundle: Path) -> Path:
+    """report.md of a bundle, from its report.json and (when there is one) ablation.json."""
+    report = json.loads((bundle / "report.json").read_text())
+    ablation = bundle / "ablation.json"
+    out = bundle / "report.md"
+    write_markdown(out, report, json.loads(ablation.read_text()) if ablation.exists() else None)
+    return out
+
+
 def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
     """report.md from report.json's dict (and ablation.json's, when there is one): the one
     place the report's tables are rendered."""
@@ -174,6 +255,8 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
             "",
             ablation_table(ablation),
         ]
+    if r.get("hybrid"):
+        lines += _hybrid_lines(r["hybrid"], r)
     s = r["seconds_per_image"]
     env = r["environment"]
     lines += [

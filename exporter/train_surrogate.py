@@ -95,6 +95,7 @@ def run(cfg: Config, work: Path) -> Path:
         # an imported base has its BatchNorms folded to identities: batch statistics would
         # undo that, so they stay in eval mode (their scale and bias still train)
         frozen_norm=bool(base.get("folded_batchnorm")),
+        grad_clip=c.grad_clip,
         on_epoch_end=lambda m: held_out_summary(m, watch_x, watch_y, draws[watch]),
     )
     return ckpt

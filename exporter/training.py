@@ -93,6 +93,7 @@ def run_epochs(
     desc,
     on_epoch_end=None,
     frozen_norm=False,
+    grad_clip=0.0,
 ):
     """The loop: for each epoch, `steps(epoch)` yields (inputs, targets); checkpoint per epoch."""
     for epoch in range(start_epoch, epochs):
@@ -108,6 +109,8 @@ def run_epochs(
             loss = loss_fn(out, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             scheduler.step()
             seen += len(inputs)

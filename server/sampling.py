@@ -77,6 +77,30 @@ def certify(
     return MonteCarloResult(certify_from_counts(counts0, counts, alpha, sigma), counts0, counts)
 
 
+def certify_given_class(
+    predict: Predict,
+    image: np.ndarray,
+    guess: int,
+    *,
+    sigma: float,
+    num_classes: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> MonteCarloResult:
+    """CERTIFY with cA fixed beforehand (e.g. the surrogate's class) instead of picked by n0 draws.
+
+    CERTIFY's guarantee needs only that cA is chosen independently of the n estimation draws;
+    a class named by another model from the clean image is, so all the budget goes to bounding
+    pA. `counts0` of the result is the one-hot guess.
+    """
+    counts0 = np.zeros(num_classes, dtype=np.int64)
+    counts0[guess] = 1
+    counts = sample_counts(predict, image, n, sigma, num_classes, batch_size, rng)
+    return MonteCarloResult(certify_from_counts(counts0, counts, alpha, sigma), counts0, counts)
+
+
 def measure_throughput(
     predict: Predict,
     shape: tuple[int, ...],

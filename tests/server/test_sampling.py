@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import norm
 
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
-from server.sampling import certify, sample_counts
+from server.sampling import certify, certify_given_class, sample_counts
 from server.smoothing import clopper_pearson_lower, radius_from_p_lower
 
 SIGMA, THRESHOLD, VALUE = 0.25, 0.5, 0.6
@@ -67,3 +67,20 @@ def test_the_same_seed_reproduces_the_same_counts(probe):
     a, b, c = run(7), run(7), run(8)
     assert np.array_equal(a.counts, b.counts) and np.array_equal(a.counts0, b.counts0)
     assert not np.array_equal(a.counts, c.counts)
+
+
+def test_certify_given_class_bounds_the_guessed_class_with_every_sample(probe):
+    p0 = norm.cdf((VALUE - THRESHOLD) / SIGMA)
+    right = certify_given_class(
+        probe, image(), 0, sigma=SIGMA, num_classes=3, n=4000, alpha=0.001, batch_size=500,
+        rng=np.random.default_rng(1),
+    )  # fmt: skip
+    assert right.counts.sum() == 4000 and right.counts0.tolist() == [1, 0, 0]
+    assert right.certificate.predicted_class == 0
+    assert right.certificate.p_a_lower == clopper_pearson_lower(right.counts[0], 4000, 0.001)
+    assert right.certificate.p_a_lower < p0  # a valid lower bound (alpha = 0.001)
+    wrong = certify_given_class(
+        probe, image(), 1, sigma=SIGMA, num_classes=3, n=4000, alpha=0.001, batch_size=500,
+        rng=np.random.default_rng(1),
+    )  # fmt: skip
+    assert wrong.certificate.abstained  # a wrong guess can only abstain, never certify it
