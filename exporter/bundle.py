@@ -130,6 +130,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
                 "epsilon",
                 "shift",
                 "set_size",
+                "images",
                 "empirical_violation_rate",
                 "bin_edges",
                 "bin_shifts",

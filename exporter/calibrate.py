@@ -67,6 +67,7 @@ def run(cfg: Config, work: Path) -> Path:
         "epsilon": c.epsilon,
         "shift": max(fit.rule.shifts) if binned else fit.rule,
         "set_size": int(len(fit.fit_rows)),
+        "images": int(len(calib)),  # selection + fitting images: the first ones of the set
         "empirical_violation_rate": fit.empirical_violation_rate,
         "uncalibrated_violation_rate": float(np.mean(scores > 0)),
         "monte_carlo_seconds_per_image": float(seconds.mean()),

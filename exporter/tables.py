@@ -6,6 +6,8 @@
 The evidence holds each image set's labels, Monte-Carlo counts (n0 and n rounds) and surrogate
 probabilities; with the manifest's protocol and calibration rule that is everything a table of
 the report is computed from (`exporter.fidelity.tables`, the same code the evaluate stage runs).
+`--check` also fits the calibration rule again from the calibration images' evidence and
+compares it with the manifest's.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from exporter import ablation
 from exporter.ablation import ABLATION_JSON
-from exporter.fidelity import EVIDENCE, Protocol, load_evidence, tables
+from exporter.config import load_config
+from exporter.fidelity import EVIDENCE, Protocol, fit_configured, load_evidence, tables
 from exporter.report import ablation_table
 from server.bundle import read_manifest
+from server.smoothing import ShiftRule
 
 # the report.json keys that come from the evidence alone (speed and environment do not)
 RECOMPUTED = ("images", "certified_accuracy", "top1_agreement", "versus_monte_carlo")
@@ -49,6 +55,29 @@ def _close(a, b) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def refit_calibration(bundle: Path) -> float | ShiftRule:
+    """The served calibration rule fitted again, as the calibrate stage fitted it, from the first
+    `calibration.images` calibration images of the evidence (`set_size` for bundles that predate
+    that field and fitted one shift on all of theirs) with the calibrate settings the manifest
+    records."""
+    manifest = read_manifest(bundle)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+    images = raw["calibration"].get("images", manifest.calibration.set_size)
+    calib = load_evidence(bundle / EVIDENCE)["calibration"].subset(np.arange(images))
+    recorded = raw["exporter"]["config"]["calibrate"]
+    c = load_config(None, [f"calibrate.{k}={_as_text(v)}" for k, v in recorded.items()])
+    return fit_configured(calib, protocol, c.calibrate).rule
+
+
+def _rule_values(rule) -> list:
+    return [list(rule.edges), list(rule.shifts)] if isinstance(rule, ShiftRule) else [rule]
+
+
+def _as_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def differences(bundle: Path) -> list[str]:
     """The report.json entries that the evidence does not reproduce (empty: all match)."""
     report = json.loads((bundle / "report.json").read_text())
@@ -59,6 +88,10 @@ def differences(bundle: Path) -> list[str]:
         if name not in stored:
             continue
         bad += [f"{name}.{k}" for k in RECOMPUTED if not _close(computed[k], stored[name][k])]
+    if read_manifest(bundle).calibration and not _close(
+        _rule_values(refit_calibration(bundle)), _rule_values(read_manifest(bundle).shift)
+    ):
+        bad.append("calibration")
     if (bundle / ABLATION_JSON).exists():
         stored_ablation = json.loads((bundle / ABLATION_JSON).read_text())
         if not _close(ablation.recompute(bundle), stored_ablation):

@@ -65,6 +65,14 @@ def test_every_report_table_is_recomputed_from_the_evidence_alone(smoke_run, tmp
     report["certified_accuracy"]["surrogate_calibrated"]["0"] += 0.01
     (copy / "report.json").write_text(json.dumps(report))
     assert tables.differences(copy) == ["evaluation.certified_accuracy"]
+    manifest = json.loads((copy / "manifest.json").read_text())
+    cal = manifest["calibration"]  # change the rule to one the evidence does not give
+    if "bin_shifts" in cal:
+        cal["bin_shifts"][0] += 0.01
+    else:
+        cal["shift"] += 0.01
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert "calibration" in tables.differences(copy)
 
 
 def test_the_ablation_is_scored_on_the_bundles_evidence_and_recomputed_from_it(smoke_run, tmp_path):
