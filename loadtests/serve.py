@@ -7,11 +7,17 @@ test; watch its memory; stop it.
 The server listens on a free loopback port (never 8000), logs to a file, and is ready when
 /readyz answers 200. Memory is the resident set of the server process plus its children
 (uvicorn workers, audit processes), read with psutil.
+
+A server must never outlive what started it: `stop()` kills the whole process tree, a start
+that fails or is interrupted stops what it started, and on Linux the server gets SIGTERM from
+the kernel when its parent dies without cleaning up (a test run killed by a timeout or SIGKILL),
+instead of being left to init and serving, or spinning, for hours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -26,6 +32,17 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+
+PR_SET_PDEATHSIG = 1  # prctl(2) option: the signal a process gets when its parent dies
+
+
+def _die_with_parent(parent: int) -> None:
+    """Runs in the child before exec: ask Linux for SIGTERM when the parent dies, and exit now
+    if it already has (it may die between fork and the prctl call)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def free_port() -> int:
@@ -90,12 +107,18 @@ class ServerProcess:
             "--models-dir",
             str(self.models_dir),
         ]
-        log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        self.wait_ready()
+        parent = os.getpid()
+        preexec = (lambda: _die_with_parent(parent)) if sys.platform == "linux" else None
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=preexec,
+            )  # fmt: skip
+        try:
+            self.wait_ready()
+        except BaseException:  # not ready, or interrupted (Ctrl-C, a test timeout): no orphan
+            self.stop(timeout=5.0)
+            raise
         return self
 
     def wait_ready(self) -> None:
@@ -143,15 +166,22 @@ class ServerProcess:
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout` s; returns the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        """SIGTERM, then SIGKILL after `timeout` s; then SIGKILL for any of its children still
+        alive (uvicorn workers of a server that was killed); returns the exit code."""
+        if self.process is None:
+            return 0
+        family = self.processes()[1:]
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for child in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
         return self.start()

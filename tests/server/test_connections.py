@@ -148,3 +148,33 @@ def test_an_audit_is_cancelled_when_its_client_disconnects(server):
         metric(server, "accsmooth_http_requests_total", endpoint="/certify/sampled", status="499")
         == 1
     )
+
+
+def test_the_server_burns_no_cpu_once_slow_and_vanishing_clients_are_gone(server):
+    """An idle server after every kind of bad client: its CPU time (psutil, process and
+    children) barely moves over an idle second, so no timer, watchdog or read loop spins."""
+    image = solid(230)
+    abandoned = [connect(server) for _ in range(4)]
+    abandoned[0].sendall(b"POST /certify HTTP/1.1\r\nhost: t\r\n")  # slow headers
+    abandoned[1].sendall(  # slow body
+        b"POST /certify HTTP/1.1\r\nhost: t\r\ncontent-type: image/png\r\n"
+        b"content-length: 1000\r\n\r\n" + image[:10]
+    )
+    abandoned[2].sendall(  # a whole request, then a partial second one on the same connection
+        b"POST /certify HTTP/1.1\r\nhost: t\r\ncontent-type: image/png\r\n"
+        + f"content-length: {len(image)}\r\n\r\n".encode()
+        + image
+        + b"POST /certify HTTP/1.1\r\n"
+    )  # abandoned[3] never sends a byte
+    for sock in abandoned[1:3]:  # two of them vanish before the server times them out
+        sock.close()
+    for sock in (abandoned[0], abandoned[3]):
+        with sock:
+            read_all(sock)  # the server closes them at its header deadline
+    in_flight = "accsmooth_http_requests_in_flight"  # the scrape itself is the one left
+    wait_for(lambda: metric(server, in_flight) == 1, "requests still in flight")
+    time.sleep(1.5)  # past every deadline (1 s here): nothing is pending any more
+    before = server.cpu_seconds()
+    time.sleep(1.0)
+    used = server.cpu_seconds() - before
+    assert used < 0.1, f"the idle server used {used:.3f} s of CPU in 1 s"
