@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr, ndtri
 
+from exporter.fidelity import Evidence, Protocol, fit_rule
 from server.smoothing import (
     ShiftRule,
     apply_shift,
@@ -94,3 +95,30 @@ def test_shift_rule_applies_the_shift_of_the_raw_bounds_bin():
         ShiftRule((1.0,), (0.1,))
     with pytest.raises(ValueError, match="increase"):
         ShiftRule((2.0, 1.0), (0.1, 0.1, 0.1))
+
+
+def _evidence(rng, m, n=10_000):
+    """Images of class 0 whose surrogate is exact where p_A is high and noisy where it is low."""
+    p_true = rng.uniform(0.55, 0.9995, size=m)
+    noise = np.where(p_true > 0.75, 0.0, rng.normal(0.0, 0.03, size=m))
+    p_hat = np.clip(p_true + noise, 0.5, 0.9999)
+    k = rng.binomial(n, p_true)
+    counts = np.stack([k, n - k], axis=1)
+    counts0 = np.tile([100, 0], (m, 1))
+    return Evidence(np.zeros(m, dtype=int), counts0, counts, np.stack([p_hat, 1 - p_hat], 1))
+
+
+def test_cross_fitting_picks_the_bin_count_with_the_best_held_out_accuracy_and_fits_on_all():
+    p = Protocol(10_000, 0.001, 0.25)
+    calib = _evidence(np.random.default_rng(3), 800)
+    fit = fit_rule(
+        calib, p, epsilon=0.01, candidates=(1, 2, 4), selection_fraction=0.0,
+        selection_radii=(0.0, 0.25, 0.5, 0.75), seed=0,
+    )  # fmt: skip
+    assert set(fit.selection) == {1, 2, 4} and all(0 < a < 1 for a in fit.selection.values())
+    assert fit.bins == max(fit.selection, key=fit.selection.get)
+    assert len(fit.fit_rows) == 800  # every calibration image fits the chosen rule
+    fresh = _evidence(np.random.default_rng(4), 4000)
+    z, scores = fresh.raw_z_and_scores(p)
+    shift = fit.rule.at(z) if isinstance(fit.rule, ShiftRule) else fit.rule
+    assert np.mean(scores > shift) <= 0.02  # epsilon = 1%, plus sampling slack
