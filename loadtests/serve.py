@@ -82,6 +82,7 @@ class ServerProcess:
         port: int | None = None,
         log_path: str | os.PathLike | None = None,
         ready_timeout: float = 120.0,
+        code_dir: str | os.PathLike = REPO,
     ):
         self.models_dir = Path(models_dir)
         self.port = port or free_port()
@@ -89,6 +90,7 @@ class ServerProcess:
         self.workers = workers
         self.extra_env = env or {}
         self.ready_timeout = ready_timeout
+        self.code_dir = Path(code_dir)  # the checkout whose `server` package runs
         self.log_path = Path(
             log_path or tempfile.mkstemp(prefix="accsmooth-server-", suffix=".log")[1]
         )
@@ -111,7 +113,7 @@ class ServerProcess:
         preexec = (lambda: _die_with_parent(parent)) if sys.platform == "linux" else None
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
-                args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                args, cwd=self.code_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, preexec_fn=preexec,
             )  # fmt: skip
         try:

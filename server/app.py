@@ -27,6 +27,7 @@ from server import metrics
 from server.audit import AuditPool
 from server.decoder import Decoder
 from server.errors import AccsmoothError, ClientDisconnected, error_body, status_of
+from server.fastpath import FastCertify
 from server.hybrid import fallback_pool
 from server.lifecycle import Drain
 from server.middleware import AdmissionLimit, BodyDeadline, BodyLimit, HttpMetrics
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     web.mount_static(app)
     docs.mount_assets(app)
+    app.add_middleware(FastCertify, state=app.state)  # innermost: the limits below wrap it
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, drain=app.state.drain)
     app.add_middleware(AdmissionLimit, limit=settings.max_in_flight)

@@ -78,14 +78,34 @@ async def certify_surrogate(
     shadow: ShadowAuditor | None = None,
 ) -> SurrogateCertificate:
     """One image's surrogate certificate (the fast path); `shadow` may pick it for an audit."""
+    fields = await surrogate_answer(
+        model, data, calibrated=calibrated, resize=resize, decoder=decoder, endpoint=endpoint,
+        started=started, shadow=shadow,
+    )  # fmt: skip
+    return SurrogateCertificate(**fields)
+
+
+async def surrogate_answer(
+    model: LoadedModel,
+    data: bytes,
+    *,
+    calibrated: bool,
+    resize: bool,
+    decoder: Decoder,
+    endpoint: str = "/certify",
+    started: float | None = None,
+    shadow: ShadowAuditor | None = None,
+) -> dict:
+    """`certify_surrogate` as a plain dict of the SurrogateCertificate fields (no pydantic):
+    what `server.fastpath` serializes straight to JSON."""
     started = started or time.perf_counter()
     image = await decode(model, decoder, data, resize=resize)
-    served = await certify_decoded(
+    fields = await surrogate_fields(
         model, image, calibrated=calibrated, endpoint=endpoint, started=started
     )
-    if shadow is not None:
-        shadow.offer(model, image.array, data, served)  # never blocks; see server.shadow
-    return served
+    if shadow is not None and shadow.rate > 0:  # never blocks; see server.shadow
+        shadow.offer(model, image.array, data, SurrogateCertificate.model_construct(**fields))
+    return fields
 
 
 async def certify_many(
@@ -117,27 +137,45 @@ async def certify_decoded(
     record: bool = True,
 ) -> SurrogateCertificate:
     """The surrogate certificate of a decoded image; `record` counts it as a served answer."""
+    fields = await surrogate_fields(
+        model, image, calibrated=calibrated, endpoint=endpoint, started=started, record=record
+    )
+    return SurrogateCertificate(**fields)
+
+
+async def surrogate_fields(
+    model: LoadedModel,
+    image: DecodedImage,
+    *,
+    calibrated: bool,
+    endpoint: str,
+    started: float,
+    record: bool = True,
+) -> dict:
+    """The fields of `SurrogateCertificate`, in its order, as plain Python values."""
     m = model.manifest
     shift = m.shift if calibrated else 0.0
     p_a, cert = await model.batcher.submit(image.array, shift, endpoint)
     seconds = time.perf_counter() - started
     if record:
         record_certificate(endpoint, model.name, "surrogate", cert, seconds)
-    return SurrogateCertificate(
-        model=model.name,
-        model_version=m.version,
-        predicted_class=cert.predicted_class,
-        label=None if cert.abstained else m.classes[cert.predicted_class],
-        abstained=cert.abstained,
-        certified_radius=cert.radius,
-        p_a=p_a,
-        p_a_lower=max(0.0, cert.p_a_lower),
-        sigma=m.sigma,
-        calibrated=calibrated and m.calibration is not None,
-        resized=image.resized,
-        radius_space=_radius_space(model, image),
-        latency_ms=seconds * 1000.0,
-    )
+    abstained = bool(cert.abstained)
+    return {
+        "model": model.name,
+        "model_version": m.version,
+        "method": "surrogate",
+        "predicted_class": None if abstained else int(cert.predicted_class),
+        "label": None if abstained else m.classes[cert.predicted_class],
+        "abstained": abstained,
+        "certified_radius": float(cert.radius),
+        "p_a": float(p_a),
+        "p_a_lower": max(0.0, float(cert.p_a_lower)),
+        "sigma": float(m.sigma),
+        "calibrated": calibrated and m.calibration is not None,
+        "resized": bool(image.resized),
+        "radius_space": _radius_space(model, image),
+        "latency_ms": seconds * 1000.0,
+    }
 
 
 async def until_disconnected(work: Awaitable, disconnected: Callable[[], Awaitable[None]] | None):
