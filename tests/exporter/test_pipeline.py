@@ -87,7 +87,11 @@ def test_the_ablation_is_scored_on_the_bundles_evidence_and_recomputed_from_it(s
     result = json.loads((copy / "ablation.json").read_text())
     assert [v["name"] for v in result["variants"]] == ["smoke CE-probit", "same again"]
     first, again = (v["rows"] for v in result["variants"])
-    assert first == again and [row["rule"] for row in first] == ["one shift", "Mondrian"]
+    assert first == again and [row["rule"] for row in first] == [
+        "one shift",
+        "Mondrian, 2 bins",
+        "Mondrian, bins chosen",
+    ]
     assert "## Ablation" in (copy / "report.md").read_text()
     assert tables.differences(copy) == []
     assert bundle.read_manifest(copy)["sha256"]["ablation.npz"] == sha256(copy / "ablation.npz")
