@@ -90,3 +90,15 @@ def test_models_endpoint_reports_the_bundle_protocol_and_evaluation(client):
     assert body["protocol"] == {"n0": 100, "n": 10_000, "alpha": 0.001}
     assert body["calibration"]["epsilon"] == 0.01
     assert body["evaluation"]["images"] == 500
+
+
+def test_every_report_table_and_the_shift_are_recomputed_from_the_committed_evidence():
+    from exporter import tables
+
+    assert tables.differences(BUNDLE) == []  # report.json, the ablation and the shift agree
+    sets = tables.recompute(BUNDLE)
+    assert {name: s["images"] for name, s in sets.items()} == {
+        "calibration": 700,
+        "evaluation": 500,
+        "holdout": 200,
+    }
