@@ -7,7 +7,9 @@ Sections, in order (each a key of the JSON report, `loadtests/results/bench.json
 1. bare onnxruntime: the surrogate at batch 1 and at its best batch, the base model at the
    audit batch size (server's session options; no server running);
 2. /certify over HTTP at 1, 16 and 64 closed-loop clients (`loadtests.loadgen` in its own
-   process: rate, p50/p95/p99, client and server CPU), and the ratio to the bare rates;
+   process: rate, p50/p95/p99, client and server CPU), and the ratio to the bare rates; then
+   the same with `wrk` (`loadtests.wrk`), for /certify and for the Open Inference Protocol's
+   /v2/models/{name}/infer (binary-data extension) on the same image;
 3. Monte-Carlo audits over HTTP (/certify/sampled) at n = 10,000 and 100,000: seconds per image,
    samples/s against the bare base-model rate, peak server RSS against an n = 1,000 audit, and
    the speed-up of /certify over the n = 100,000 audit on the same image;
@@ -28,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests import bare
+from loadtests import bare, wrk
 from loadtests.audits import AuditStreams, audit, certify_latency, peak_rss_during
 from loadtests.images import load_images
 from loadtests.machine import machine_facts
@@ -204,6 +206,11 @@ def main(argv=None) -> None:
         report["server"] = {"rss_mib_after_start": round(server.rss_mb(), 1)}
         print("/certify over HTTP ...", flush=True)
         report["http_certify"] = http_section(server, clients, args.seconds, args.warmup)
+        print("wrk: /certify and /v2/models/{name}/infer ...", flush=True)
+        report["wrk"] = wrk.wrk_section(
+            server, manifest.name, image.data, clients, args.seconds, args.warmup,
+            report["bare_surrogate"]["batch_1"]["images_per_s"],
+        )  # fmt: skip
         print("Monte-Carlo audits ...", flush=True)
         base = {k: v for k, v in report["bare_base"].items()}
         report["monte_carlo"] = audit_section(server, image, ns, manifest.protocol.n0, base)

@@ -1,7 +1,8 @@
 """`wrk` (Debian's C HTTP load generator) against a server, and the bare model in the same run.
 
     python -m loadtests.wrk                          # HEAD's server on models/, 1/16/64 conns
-    python -m loadtests.wrk --code-dir /tmp/old --label before --env ACCSMOOTH_WORKERS=2
+    python -m loadtests.wrk --code-dir /tmp/old --label before --env ACCSMOOTH_INTRA_OP_THREADS=1
+    python -m loadtests.wrk --oip              # also the Open Inference Protocol's infer
 
 One POST per request on keep-alive connections, closed loop, one wrk thread: `--connections`
 clients each send the same 32x32 CIFAR-10 PNG as a raw body (`image/png`) back to back. Each
@@ -26,11 +27,15 @@ from pathlib import Path
 
 from loadtests.images import load_images
 from loadtests.serve import REPO, ServerProcess, single_bundle_dir
+from server.bundle import read_manifest
 
 # wrk calls done() once at the end: print the figures as one JSON line (latency in us).
 SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE")
+for line in string.gmatch(os.getenv("WRK_HEADERS"), "[^\\n]+") do
+  local key, value = string.match(line, "^([^:]+):%s*(.*)$")
+  wrk.headers[key] = value
+end
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
@@ -60,13 +65,16 @@ def ensure_wrk() -> str:
     return found
 
 
-def run_wrk(url: str, body: Path, connections: int, seconds: float, content_type="image/png"):
-    """One closed-loop wrk run; its figures (rate/s, latency in ms)."""
+def run_wrk(url: str, body: Path, connections: int, seconds: float, headers: dict | None = None):
+    """One closed-loop wrk run of POSTs of `body` (default header: a PNG); its figures (rate/s,
+    latency in ms)."""
+    headers = headers or {"Content-Type": "image/png"}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(SCRIPT)
-    env = os.environ | {"WRK_BODY": str(body), "WRK_CONTENT_TYPE": content_type}
-    command = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-               "-s", script.name, url]  # fmt: skip
+    lines = "\n".join(f"{k}: {v}" for k, v in headers.items())
+    env = os.environ | {"WRK_BODY": str(body), "WRK_HEADERS": lines}
+    command = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+               "--timeout", "10s", "-s", script.name, url]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     os.unlink(script.name)
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
@@ -86,13 +94,29 @@ def run_wrk(url: str, body: Path, connections: int, seconds: float, content_type
     }
 
 
-def measure(server: ServerProcess, path: str, body: Path, connections, seconds, warmup) -> list:
+def oip_request(image: bytes) -> tuple[bytes, dict]:
+    """An Open Inference Protocol infer request for one image with the binary-data extension
+    (what tritonclient sends by default), and its headers."""
+    head = json.dumps({
+        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(image) + 4}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    body = head + len(image).to_bytes(4, "little") + image
+    headers = {"Content-Type": "application/octet-stream",
+               "Inference-Header-Content-Length": str(len(head))}  # fmt: skip
+    return body, headers
+
+
+def measure(
+    server: ServerProcess, path: str, body: Path, connections, seconds, warmup, headers=None
+) -> list:
     """wrk at each connection count (after a warm-up), with the server's CPU over each run."""
     rows = []
     for c in connections:
-        run_wrk(server.url + path, body, c, warmup)
+        run_wrk(server.url + path, body, c, warmup, headers)
         cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-        row = run_wrk(server.url + path, body, c, seconds)
+        row = run_wrk(server.url + path, body, c, seconds, headers)
         wall = time.perf_counter() - t0
         row["server_cpu_percent_of_one_core"] = round(
             100.0 * (server.cpu_seconds() - cpu0) / wall, 1
@@ -101,6 +125,22 @@ def measure(server: ServerProcess, path: str, body: Path, connections, seconds, 
               f" p99 {row['p99_ms']:.2f} ms non-2xx {row['non_2xx']}", file=sys.stderr)  # fmt: skip
         rows.append(row)
     return rows
+
+
+def wrk_section(server, model: str, image: bytes, connections, seconds, warmup, bare_rate):
+    """`make bench`'s wrk figures: raw-body /certify and the OIP infer of the same image."""
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        png, oip = Path(folder) / "image.png", Path(folder) / "infer.bin"
+        png.write_bytes(image)
+        body, headers = oip_request(image)
+        oip.write_bytes(body)
+        out["certify"] = measure(server, "/certify", png, connections, seconds, warmup)
+        out["oip_infer"] = measure(server, f"/v2/models/{model}/infer", oip, connections,
+                                   seconds, warmup, headers)  # fmt: skip
+    for row in out["certify"] + out["oip_infer"]:
+        row["fraction_of_bare_batch_1"] = round(row["rate_per_s"] / bare_rate, 3)
+    return out
 
 
 def bare_batch1(bundle: Path, seconds: float) -> dict:
@@ -124,6 +164,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--path", default="/certify")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument("--oip", action="store_true", help="also POST /v2/models/{name}/infer")
     parser.add_argument("--out", type=Path)
     return parser.parse_args(argv)
 
@@ -154,8 +195,16 @@ def main(argv=None) -> dict:
         connections = [int(c) for c in args.connections.split(",")]
         report["rows"] = measure(server, args.path, Path(f.name), connections,
                                  args.seconds, args.warmup)  # fmt: skip
+        if args.oip:
+            body, headers = oip_request(image.data)
+            oip = Path(f.name + ".oip")
+            oip.write_bytes(body)
+            path = f"/v2/models/{read_manifest(bundle).name}/infer"
+            report["oip_rows"] = measure(server, path, oip, connections, args.seconds,
+                                         args.warmup, headers)  # fmt: skip
+            oip.unlink()
     bare_rate = report["bare_batch_1"]["images_per_s"]
-    for row in report["rows"]:
+    for row in report["rows"] + report.get("oip_rows", []):
         row["fraction_of_bare_batch_1"] = round(row["rate_per_s"] / bare_rate, 3)
     shutil.rmtree(models, ignore_errors=True)
     os.unlink(f.name)

@@ -32,7 +32,7 @@ from server.hybrid import fallback_pool
 from server.lifecycle import Drain
 from server.middleware import AdmissionLimit, BodyDeadline, BodyLimit, HttpMetrics
 from server.registry import ModelRegistry
-from server.routes import audits, certify, docs, health, models, web
+from server.routes import audits, certify, docs, health, models, oip, web
 from server.settings import Settings
 from server.shadow import ShadowAuditor
 
@@ -126,7 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = ModelRegistry(settings)
     app.state.drain = Drain(settings.graceful_timeout_s)
     install_error_handlers(app)
-    routers = (certify, models, audits, health, web, docs)
+    routers = (certify, models, audits, health, oip, web, docs)
     for module in routers:
         app.include_router(module.router)
     web.mount_static(app)

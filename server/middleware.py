@@ -31,9 +31,10 @@ ENDPOINTS = frozenset(
     {
         "/certify", "/certify/batch", "/certify/sampled", "/livez", "/readyz", "/models",
         "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json", "/",
-        "/audits",
+        "/audits", "/v2",
     }
 )  # fmt: skip
+OIP_MODEL = "/v2/models/"
 
 
 def endpoint_label(path: str) -> str:
@@ -42,6 +43,11 @@ def endpoint_label(path: str) -> str:
         return path
     if path.startswith("/models/"):
         return "/models/{name}"
+    if path.startswith(OIP_MODEL):
+        for suffix in ("/infer", "/ready"):
+            if path.endswith(suffix):
+                return "/v2/models/{name}" + suffix
+        return "/v2/models/{name}"
     return "other"
 
 
@@ -134,7 +140,7 @@ class BodyDeadline:
 
 
 class AdmissionLimit:
-    """503 `overloaded` (Retry-After: 1) for /certify and /certify/batch requests beyond
+    """503 `overloaded` (Retry-After: 1) for /certify, /certify/batch and OIP infer requests beyond
     `limit` in flight. A request takes its slot when its body is complete (before any decoding
     or inference), so clients that send their bodies slowly hold no slot while they do:
     shedding must cost much less than serving, and slow senders must not starve the rest."""
@@ -147,7 +153,10 @@ class AdmissionLimit:
         self.in_flight = 0  # touched on the event loop only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (
+            path in self.PATHS or (path.startswith(OIP_MODEL) and path.endswith("/infer"))
+        ):
             await self.app(scope, receive, send)
             return
         admitted = False
@@ -157,7 +166,7 @@ class AdmissionLimit:
             message = await receive()
             if not admitted and message["type"] == "http.request" and _body_complete(message):
                 if self.in_flight >= self.limit:
-                    metrics.REJECTED.labels(scope["path"], "too_many_in_flight").inc()
+                    metrics.REJECTED.labels(endpoint_label(path), "too_many_in_flight").inc()
                     raise Overloaded(
                         f"{self.in_flight} fast-path requests in flight"
                         f" (ACCSMOOTH_MAX_IN_FLIGHT={self.limit}); retry shortly",
