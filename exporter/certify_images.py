@@ -9,7 +9,6 @@ local core by default, or Ray). The driver writes each finished chunk to
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +55,7 @@ def certify_all(
         "images": len(images_uint8),
         "base_sha256": sha256(Path(base_onnx)),  # the same model, not only the same protocol
     }
-    stamp = out_dir / "protocol.json"
-    if stamp.exists() and json.loads(stamp.read_text()) != protocol:
-        raise ValueError(
-            f"{out_dir}: holds results of another protocol or base model {stamp.read_text()}; "
-            "delete the folder to recompute"
-        )
-    stamp.write_text(json.dumps(protocol))
+    executor.claim_folder(out_dir, protocol)
     starts = range(0, len(images_uint8), CHUNK)
     shared = dict(seed=seed, sigma=bundle.sigma, n0=bundle.n0, n=bundle.n, alpha=bundle.alpha)
     shared["batch_size"] = batch_size

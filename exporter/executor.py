@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -254,3 +255,16 @@ def active(workers: int | None = 1) -> Iterator[Executor]:
         return
     with LocalExecutor(workers) as local:
         yield local
+
+
+def claim_folder(out_dir: Path, stamp: dict) -> None:
+    """Make `out_dir` the chunk folder of `stamp` (protocol, seeds, base model hash): a folder
+    holding chunks of another stamp is refused, so a resumed run never mixes them in."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "protocol.json"
+    if path.exists() and json.loads(path.read_text()) != stamp:
+        raise ValueError(
+            f"{out_dir}: holds results of another protocol or base model {path.read_text()}; "
+            "delete the folder to recompute"
+        )
+    path.write_text(json.dumps(stamp))

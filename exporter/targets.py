@@ -65,13 +65,7 @@ def run(cfg: Config, work: Path) -> Path:
         "seed": c.seed,
         "base_sha256": sha256(base),
     }
-    stamp_path = out_dir / "protocol.json"
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) != stamp:
-        raise ValueError(
-            f"{out_dir}: holds counts of another protocol or base model {stamp_path.read_text()};"
-            " delete the folder to recompute"
-        )
-    stamp_path.write_text(json.dumps(stamp))
+    executor.claim_folder(out_dir, stamp)
     images, k = ds.train.images[: c.max_images or None], len(ds.classes)
     chunks = range(0, len(images), c.chunk_images)
     rate = bare_rate(predict, images.shape[1:], c.batch_size)

@@ -23,6 +23,7 @@ import numpy as np
 
 from exporter import chunk_work
 from exporter.executor import Executor, LocalExecutor, RayExecutor, cores
+from exporter.targets import bare_rate
 from server.runtime import OnnxPredictor, make_session
 
 CHUNK_IMAGES, SAMPLES, BATCH = 8, 256, 256  # 2,048 noisy samples per chunk
@@ -32,13 +33,7 @@ def bare_onnxruntime(model: Path, seconds: float) -> float:
     """Images/s of one session (every core) on one fixed random batch."""
     predict = OnnxPredictor(make_session(model))
     shape = predict.session.get_inputs()[0].shape[1:]
-    batch = np.random.default_rng(0).random((BATCH, *shape), dtype=np.float32)
-    predict(batch)
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        predict(batch)
-        done += BATCH
-    return done / (time.perf_counter() - t0)
+    return bare_rate(predict, shape, BATCH, seconds)
 
 
 def chunks(model: Path, count: int) -> list:
