@@ -81,6 +81,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     main = results["evaluation"]
     served_s = time_served(surrogate, ds.eval.images[:200], b.n, b.alpha, b.sigma, rule)
     mc_s = seconds["evaluation"]
+    timings = work / "timings.json"
     report = {
         "bundle": b.name,
         "sigma": b.sigma,
@@ -95,6 +96,11 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
             "surrogate": served_s,
         },
         "speedup": float(mc_s.mean() / served_s),
+        # CERTIFY's own compute per image set (sum of per-image wall times, resumed runs too),
+        # and the work folder's stage times as last recorded (a resumed stage records only
+        # what it had left to do)
+        "monte_carlo_seconds": {name: float(t.sum()) for name, t in seconds.items()},
+        "stage_seconds": json.loads(timings.read_text()) if timings.exists() else {},
         "max_certifiable_radius": float(radius_from_p_lower(b.alpha ** (1 / b.n), b.sigma)),
         "max_radius_at_100k": float(radius_from_p_lower(b.alpha ** (1 / 100_000), b.sigma)),
         "environment": environment(),

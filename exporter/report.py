@@ -94,6 +94,22 @@ def ablation_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _time_lines(r: dict) -> list[str]:
+    lines = []
+    if r.get("monte_carlo_seconds"):
+        lines.append(
+            "Monte-Carlo compute (CERTIFY, sum of per-image times): "
+            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["monte_carlo_seconds"].items())
+            + "."
+        )
+    if r.get("stage_seconds"):
+        lines.append(
+            "Stage times last recorded in the work folder (a resumed stage records only what it "
+            "had left): " + ", ".join(f"{k} {v:.0f} s" for k, v in r["stage_seconds"].items()) + "."
+        )
+    return [*lines, ""] if lines else []
+
+
 def _first_four(section: dict) -> str:
     mc = list(section["certified_accuracy"]["monte_carlo"].values())[:4]
     return " / ".join(f"{100 * v:.1f}" for v in mc)
@@ -275,6 +291,7 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         f"surrogate: {1000 * s['surrogate']:.3f} ms/image (batch 1, in process); "
         f"speed-up {r['speedup']:,.0f}x.",
         "",
+        *_time_lines(r),
         f"Hardware: {env['cpu']}, {env['cores']} cores; Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
         + ".",
