@@ -13,7 +13,10 @@ rather than letting latency grow without bound.
     batcher = MicroBatcher(process, max_batch=32, max_delay=0.001, max_queue=512, name="m")
     await batcher.start(); result = await batcher.submit(image, meta); await batcher.stop()
 
-`process(images [B,...], metas) -> list of B results` runs on the batcher's thread.
+`process(images [B,...], metas) -> list of B results` runs on the batcher's thread, or on the
+event loop itself when the batch is expected to take at most `inline_max` seconds (the last
+batches' compute time per image, times the batch size): for a model of a tenth of a
+millisecond, handing the batch to a thread and its result back costs more than the model.
 """
 
 from __future__ import annotations
@@ -50,7 +53,14 @@ class MicroBatcher:
     """Groups submitted images into batches for `process`; one model call at a time."""
 
     def __init__(
-        self, process: Process, *, max_batch: int, max_delay: float, max_queue: int, name: str
+        self,
+        process: Process,
+        *,
+        max_batch: int,
+        max_delay: float,
+        max_queue: int,
+        name: str,
+        inline_max: float = 0.0,
     ):
         self.process = process
         self.max_batch = max_batch
@@ -62,6 +72,8 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{name}")
         self._last_size = 0
+        self.inline_max = inline_max
+        self._per_image = None  # seconds of compute per image, smoothed; None: not measured yet
         self._depth = metrics.FAST_QUEUE_DEPTH.labels(name)
 
     async def start(self) -> None:
@@ -138,8 +150,12 @@ class MicroBatcher:
         started = time.perf_counter()
         images = np.stack([item.image for item in batch])
         metas = [item.meta for item in batch]
+        inline = self._per_image is not None and self._per_image * len(batch) <= self.inline_max
         try:
-            results = await loop.run_in_executor(self._executor, self.process, images, metas)
+            if inline:
+                results = self.process(images, metas)
+            else:
+                results = await loop.run_in_executor(self._executor, self.process, images, metas)
         except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
             log.exception("model %s: batch of %d failed", self.name, len(batch))
             error = InferenceFailed(f"model {self.name!r}: inference failed: {exc}")
@@ -148,6 +164,10 @@ class MicroBatcher:
                     item.future.set_exception(error)
             return
         compute = time.perf_counter() - started
+        per_image = compute / len(batch)
+        self._per_image = per_image if self._per_image is None else (
+            0.8 * self._per_image + 0.2 * per_image
+        )  # fmt: skip
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
         for item, result in zip(batch, results, strict=True):
             metrics.QUEUE_SECONDS.labels(item.endpoint, self.name).observe(started - item.queued_at)

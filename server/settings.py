@@ -33,10 +33,16 @@ class Settings(BaseSettings):
 
     # Fast path (/certify): micro-batching
     max_batch: int = Field(32, ge=1, le=1024, description="images per onnxruntime call")
+    # 0: batches form only while the model is busy. Measured with wrk at 16 connections, a
+    # wait of 1 ms for stragglers cost 30% of the rate (loadtests/README.md)
     max_queue_delay_ms: float = Field(
-        1.0, ge=0.0, le=100.0, description="extra wait for stragglers once batches form (ms)"
+        0.0, ge=0.0, le=100.0, description="extra wait for stragglers once batches form (ms)"
     )
     max_queue: int = Field(512, ge=1, description="images waiting for the surrogate; 503 beyond")
+    inline_max_ms: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description="run a batch on the event loop when it is expected to take at most this (ms)",
+    )  # fmt: skip
     max_in_flight: int = Field(
         256, ge=1, description="/certify and /certify/batch requests in progress; 503 beyond"
     )
@@ -108,7 +114,9 @@ class Settings(BaseSettings):
     providers: Annotated[tuple[str, ...], NoDecode] = Field(
         PREFERENCE, description="wanted providers, in order"
     )
-    intra_op_threads: int = Field(0, ge=0, description="fast-path threads per operator (0: auto)")
+    # 1: the surrogate is a small network; a second thread gains nothing at batch 1 and spins
+    # between calls on the core the event loop needs (measured: loadtests/README.md)
+    intra_op_threads: int = Field(1, ge=0, description="fast-path threads per operator (0: auto)")
     inter_op_threads: int = Field(1, ge=1, description="operators run in parallel")
     trt_engine_cache_dir: Path | None = Field(None, description="TensorRT engine cache folder")
     trt_fp16: bool = Field(False, description="let TensorRT run in half precision")

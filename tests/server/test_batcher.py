@@ -138,3 +138,50 @@ def test_stragglers_join_a_batch_once_concurrency_is_seen():
 
     run(scenario())
     assert recorder.sizes == [4]
+
+
+class ThreadRecorder(Recorder):
+    """A Recorder that also notes which thread ran each batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: list[str] = []
+
+    def __call__(self, images, metas):
+        self.threads.append(threading.current_thread().name)
+        return super().__call__(images, metas)
+
+
+@pytest.mark.parametrize(("inline_max", "inline_after_first"), [(1.0, True), (0.0, False)])
+def test_quick_batches_run_on_the_event_loop_once_measured_as_quick(inline_max, inline_after_first):
+    recorder = ThreadRecorder()
+
+    async def scenario():
+        batcher = await started(recorder, inline_max=inline_max)
+        for _ in range(3):
+            assert await batcher.submit(np.ones((2, 2), np.float32), "m") == (4.0, "m")
+        await batcher.stop()
+
+    run(scenario())
+    loop_thread = threading.current_thread().name
+    assert recorder.threads[0] != loop_thread  # not measured yet: on the batcher's thread
+    assert all((t == loop_thread) == inline_after_first for t in recorder.threads[1:])
+
+
+def test_a_failing_inline_batch_answers_every_request():
+    calls = []
+
+    def process(images, metas):
+        calls.append(len(images))
+        if len(calls) > 1:
+            raise RuntimeError("boom")
+        return [(0.0, m) for m in metas]
+
+    async def scenario():
+        batcher = await started(process, inline_max=1.0)
+        await batcher.submit(np.ones((2, 2), np.float32), "m")
+        with pytest.raises(InferenceFailed):
+            await batcher.submit(np.ones((2, 2), np.float32), "m")
+        await batcher.stop()
+
+    run(scenario())
