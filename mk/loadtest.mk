@@ -3,6 +3,7 @@
 #   make loadtest    locust, headless, against a server it starts; fails past the thresholds
 #   make soak        10 minutes of locust at ~70% of the measured capacity
 #   make overload    open-loop /certify at 4x capacity, then normal load: sheds, recovers
+#   make bench-peers the same certificate served by LitServe, KServe, ... beside accsmooth (wrk)
 # Each starts its own `python -m server` on a free port (never 8000), serving LOAD_MODELS_DIR.
 # Thresholds and rates come from a measured run on the 2-core reference machine: see
 # loadtests/README.md before changing them.
@@ -21,7 +22,7 @@ SOAK_MAX_P95_MS ?= 100
 OVERLOAD_FACTOR ?= 4
 BENCH_ARGS ?=
 
-.PHONY: loadtest-install loadtest bench soak overload
+.PHONY: loadtest-install loadtest bench bench-peers soak overload
 
 $(BIN)/locust: | venv
 	$(BIN)/pip install -e '.[server,loadtest]'
@@ -35,6 +36,11 @@ loadtest: $(BIN)/locust
 
 bench: $(BIN)/locust
 	$(BIN)/python -m loadtests.bench --models-dir $(LOAD_MODELS_DIR) $(BENCH_ARGS)
+
+# each peer in its own venv under loadtests/.peers (created on first use); PEERS_ARGS="--peers kserve"
+PEERS_ARGS ?=
+bench-peers: $(BIN)/locust
+	$(BIN)/python -m loadtests.peers --models-dir $(LOAD_MODELS_DIR) $(PEERS_ARGS)
 
 soak: $(BIN)/locust
 	$(BIN)/python -m loadtests.run_locust --name soak --models-dir $(LOAD_MODELS_DIR) \

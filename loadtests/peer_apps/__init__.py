@@ -1,0 +1,1 @@
+"""Servers of the same certificate on peer frameworks, for `loadtests.peers`."""
