@@ -33,7 +33,7 @@ import psutil
 
 from loadtests import wrk
 from loadtests.images import load_images
-from loadtests.serve import REPO, ServerProcess, free_port, single_bundle_dir
+from loadtests.serve import REPO, ServerProcess, free_port, process_tree, single_bundle_dir
 
 PEERS_DIR = REPO / "loadtests" / ".peers"
 COMMON = ["numpy", "scipy", "onnxruntime", "pillow", "pydantic>=2"]
@@ -116,11 +116,7 @@ class PeerProcess:
         raise TimeoutError(f"no 200 on {path} within {timeout:.0f} s")
 
     def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.process.pid)
 
     def cpu_seconds(self) -> float:
         total = 0.0

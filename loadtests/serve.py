@@ -70,6 +70,15 @@ def single_bundle_dir(bundle: Path) -> Path:
     return folder
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """Process `pid` and every descendant still alive (empty when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 class ServerProcess:
     """A `python -m server` subprocess on a free port; a context manager."""
 
@@ -139,11 +148,7 @@ class ServerProcess:
 
     def processes(self) -> list[psutil.Process]:
         """The server process and every descendant still alive."""
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return process_tree(self.process.pid)
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its children, MiB."""
