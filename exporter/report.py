@@ -305,7 +305,7 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         f"--out models/{r['bundle']}` (stages: data, train-base, targets, train-surrogate, "
         "calibrate, export, evaluate, hybrid);",
         f"- the ablation: `python -m exporter.ablation models/{r['bundle']} --work <work> "
-        "--config <preset> --variant NAME=surrogate.onnx ...` (see the README's results);",
+        "--config <preset> --variant NAME=surrogate.onnx ...` (see docs/results.md);",
         f"- the hybrid section: `python -m exporter.hybrid models/{r['bundle']} --work <work>`.",
         "",
     ]
