@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -40,10 +41,20 @@ def png(rgb: tuple[int, int, int], size=(32, 32)) -> bytes:
     return buffer.getvalue()
 
 
-def post(url: str, body: bytes, content_type: str) -> dict | list:
-    request = urllib.request.Request(url, body, {"content-type": content_type}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+def post(url: str, body: bytes, content_type: str, wait: float = 60.0) -> dict | list:
+    """POST and parse the JSON answer. A 503 is retried for up to `wait` s: with two workers,
+    /readyz may be answered by the one that has warmed up while the other still loads, and a
+    request it then accepts answers 503 model_not_ready (more likely on a busy machine)."""
+    deadline = time.monotonic() + wait
+    while True:
+        request = urllib.request.Request(url, body, {"content-type": content_type}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def multipart(images: list[bytes]) -> tuple[bytes, str]:
