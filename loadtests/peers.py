@@ -29,11 +29,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from loadtests import wrk
 from loadtests.images import load_images
-from loadtests.serve import REPO, ServerProcess, free_port, process_tree, single_bundle_dir
+from loadtests.serve import (
+    REPO,
+    ServerProcess,
+    free_port,
+    single_bundle_dir,
+    tree_cpu_seconds,
+    tree_rss_mb,
+)
 
 PEERS_DIR = REPO / "loadtests" / ".peers"
 COMMON = ["numpy", "scipy", "onnxruntime", "pillow", "pydantic>=2"]
@@ -115,23 +120,11 @@ class PeerProcess:
             time.sleep(0.5)
         raise TimeoutError(f"no 200 on {path} within {timeout:.0f} s")
 
-    def processes(self) -> list[psutil.Process]:
-        return process_tree(self.process.pid)
-
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
+        return tree_cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
-        total = 0
-        for p in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total / 2**20
+        return tree_rss_mb(self.process.pid)
 
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):

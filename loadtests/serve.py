@@ -79,6 +79,25 @@ def process_tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` and its live descendants, MiB."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process `pid` and its live descendants."""
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 class ServerProcess:
     """A `python -m server` subprocess on a free port; a context manager."""
 
@@ -152,22 +171,11 @@ class ServerProcess:
 
     def rss_mb(self) -> float:
         """Resident memory of the server and its children, MiB."""
-        total = 0
-        for p in self.processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total / 2**20
+        return tree_rss_mb(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by the server and its live children."""
-        total = 0.0
-        for p in self.processes():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return tree_cpu_seconds(self.process.pid)
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)
