@@ -135,6 +135,7 @@ class RuleFit:
     selection: dict  # candidate K -> mean certified accuracy on the selection part
     fit_rows: np.ndarray  # the calibration images the shifts were fitted on
     empirical_violation_rate: float  # on those images
+    uncalibrated_violation_rate: float  # of the raw rule, on every calibration image
 
 
 CROSS_FIT_REPEATS = 10  # seeded 2-fold splits averaged when choosing K by cross-fitting
@@ -194,7 +195,8 @@ def fit_rule(
     rule = fit_binned_shifts(z[fit], scores[fit], edges, epsilon)
     served_rule = rule if chosen > 1 else rule.shifts[0]
     violations = scores[fit] > rule.at(z[fit])
-    return RuleFit(served_rule, chosen, table, fit, float(violations.mean()))
+    raw = float(np.mean(scores > 0))
+    return RuleFit(served_rule, chosen, table, fit, float(violations.mean()), raw)
 
 
 def fit_configured(calib: Evidence, p: Protocol, c) -> RuleFit:

@@ -138,14 +138,11 @@ def describe_calibration(cal: dict | None) -> str:
 def _hybrid_lines(h: dict, report: dict) -> list[str]:
     """The hybrid section (exporter.hybrid's figures) of report.md."""
     radii = list(h["certified_accuracy"])
-    names = {
-        "monte_carlo": "Monte-Carlo (CERTIFY)",
-        "surrogate_calibrated": "Surrogate, calibrated",
-    }
+    shown = ("monte_carlo", "surrogate_calibrated")  # the rows the hybrid stands between
     rows = [
-        f"| {names[k]} | " + " | ".join(f"{100 * v[r]:.1f}%" for r in radii) + " |"
+        f"| {NAMES[k]} | " + " | ".join(f"{100 * v[r]:.1f}%" for r in radii) + " |"
         for k, v in report.get("certified_accuracy", {}).items()
-        if k in names
+        if k in shown
     ]
     a, lat, fb = h["answered_by"], h["latency_ms"], h["fallback_protocol"]
     err = h["certified_accuracy_stderr"]

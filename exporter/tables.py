@@ -88,9 +88,9 @@ def differences(bundle: Path) -> list[str]:
         if name not in stored:
             continue
         bad += [f"{name}.{k}" for k in RECOMPUTED if not _close(computed[k], stored[name][k])]
-    if read_manifest(bundle).calibration and not _close(
-        _rule_values(refit_calibration(bundle)), _rule_values(read_manifest(bundle).shift)
-    ):
+    manifest = read_manifest(bundle)
+    served = _rule_values(manifest.shift)
+    if manifest.calibration and not _close(_rule_values(refit_calibration(bundle)), served):
         bad.append("calibration")
     if (bundle / ABLATION_JSON).exists():
         stored_ablation = json.loads((bundle / ABLATION_JSON).read_text())
