@@ -49,6 +49,16 @@ class Protocol:
     sigma: float
 
 
+def monte_carlo_certificates(counts0, counts, alpha: float, sigma: float):
+    """`certify_from_counts` over many images at once: (class or -1, pABar, radius) per row of
+    the selection counts `counts0` [M,K] and estimation counts `counts` [M,K]."""
+    c_a = counts0.argmax(1)
+    n_a = counts[np.arange(len(c_a)), c_a]
+    p_lower = np.atleast_1d(clopper_pearson_lower(n_a, counts.sum(1), alpha))
+    pred = np.where(p_lower > 0.5, c_a, -1)
+    return pred, p_lower, np.atleast_1d(radius_from_p_lower(p_lower, sigma))
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One image set: labels [M], Monte-Carlo counts0/counts [M,K], surrogate probs [M,K]."""
@@ -66,11 +76,7 @@ class Evidence:
 
     def monte_carlo(self, p: Protocol):
         """CERTIFY's (class or -1, pABar, radius) per image, from the stored counts."""
-        c_a = self.counts0.argmax(1)
-        n_a = self.counts[np.arange(len(c_a)), c_a]
-        p_lower = np.atleast_1d(clopper_pearson_lower(n_a, self.counts.sum(1), p.alpha))
-        pred = np.where(p_lower > 0.5, c_a, -1)
-        return pred, p_lower, np.atleast_1d(radius_from_p_lower(p_lower, p.sigma))
+        return monte_carlo_certificates(self.counts0, self.counts, p.alpha, p.sigma)
 
     def served(self, p: Protocol, rule: float | ShiftRule = 0.0):
         """The served rule's (class or -1, pABar, radius) per image, with calibration `rule`."""

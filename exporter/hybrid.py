@@ -28,12 +28,13 @@ import numpy as np
 
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
+from exporter.fidelity import monte_carlo_certificates
 from exporter.report import render
 from exporter.scoring import accuracy_table, overestimated
 from server.bundle import Manifest
 from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from server.sampling import certify, certify_given_class, fallback_samples, measure_throughput
-from server.smoothing import certify_from_counts, certify_from_probabilities, hybrid_route
+from server.smoothing import certify_from_probabilities, hybrid_route
 
 log = logging.getLogger(__name__)
 MARGIN = 0.05  # ACCSMOOTH_HYBRID_MARGIN's default
@@ -55,11 +56,8 @@ def full_protocol_mc(work: Path, m: int, alpha: float, sigma: float):
     counts = np.concatenate([p["counts"] for p in parts])
     if len(counts) != m:
         return None
-    certs = [
-        certify_from_counts(c0, c, alpha, sigma) for c0, c in zip(counts0, counts, strict=True)
-    ]
-    pred = np.array([-1 if c.abstained else c.predicted_class for c in certs])
-    return pred, np.array([c.radius for c in certs])
+    pred, _, radius = monte_carlo_certificates(counts0, counts, alpha, sigma)
+    return pred, radius
 
 
 def percentiles(ms: np.ndarray) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtr, ndtri
 
-from exporter.fidelity import Evidence, Protocol, fit_rule
+from exporter.fidelity import Evidence, Protocol, fit_rule, monte_carlo_certificates
 from server.smoothing import (
     ShiftRule,
     apply_shift,
@@ -122,3 +122,19 @@ def test_cross_fitting_picks_the_bin_count_with_the_best_held_out_accuracy_and_f
     z, scores = fresh.raw_z_and_scores(p)
     shift = fit.rule.at(z) if isinstance(fit.rule, ShiftRule) else fit.rule
     assert np.mean(scores > shift) <= 0.02  # epsilon = 1%, plus sampling slack
+
+
+def test_vectorised_monte_carlo_certificates_equal_certify_from_counts():
+    from server.smoothing import certify_from_counts
+
+    rng = np.random.default_rng(5)
+    counts0 = rng.multinomial(100, [0.5, 0.3, 0.2], size=300)
+    counts = rng.multinomial(10_000, [0.55, 0.3, 0.15], size=300)
+    pred, p_lower, radius = monte_carlo_certificates(counts0, counts, 0.001, 0.25)
+    for i in range(300):
+        cert = certify_from_counts(counts0[i], counts[i], 0.001, 0.25)
+        assert pred[i] == (-1 if cert.abstained else cert.predicted_class)
+        assert p_lower[i] == pytest.approx(cert.p_a_lower) and radius[i] == pytest.approx(
+            cert.radius
+        )
+    assert (pred == -1).any() and (pred >= 0).any()  # both outcomes exercised
