@@ -35,6 +35,10 @@ class DataConfig:
     calibration_images: int = 500  # held out of train/: never trained on, used to calibrate
     calibration_test_images: int = 0  # more calibration images from test/ (never the eval ones)
     holdout_images: int = 0  # test/ images used by no stage: an unseen check of the report
+    # still more calibration images from test/, drawn after the hold-out: growing the
+    # calibration set this way keeps the hold-out and the first calibration images (and their
+    # resumable Monte-Carlo chunks) as they were
+    extra_calibration_test_images: int = 0
     eval_every: int = 18  # evaluation subset = every k-th test image ...
     eval_images: int = 500  # ... at most this many
     max_bad_fraction: float = 0.01  # unreadable images are skipped; fatal above this fraction

@@ -139,12 +139,15 @@ def prepare(cfg: DataConfig, work: Path) -> Path:
     rest = np.setdiff1d(np.arange(len(xt)), evaluation)
     rest = np.random.default_rng([cfg.seed, 1]).permutation(rest)
     wanted = cfg.calibration_test_images + cfg.holdout_images
-    if wanted > len(rest):
+    extra = cfg.extra_calibration_test_images
+    if wanted + extra > len(rest):
         raise DatasetError(
-            f"{root}/test: {len(rest)} images outside the eval subset, cannot take {wanted} "
-            "for calibration and hold-out"
+            f"{root}/test: {len(rest)} images outside the eval subset, cannot take "
+            f"{wanted + extra} for calibration and hold-out"
         )
-    calib_test = np.sort(rest[: cfg.calibration_test_images])
+    calib_test = np.concatenate(
+        [np.sort(rest[: cfg.calibration_test_images]), np.sort(rest[wanted : wanted + extra])]
+    )
     holdout = np.sort(rest[cfg.calibration_test_images : wanted])
     out = work / "data.npz"
     work.mkdir(parents=True, exist_ok=True)

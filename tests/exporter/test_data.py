@@ -104,3 +104,29 @@ def test_asking_for_more_test_images_than_there_are_is_an_error(cifar_root, tmp_
     )
     with pytest.raises(DatasetError, match="cannot take 16"):
         data.prepare(cfg, tmp_path)
+
+
+def test_extra_calibration_images_grow_the_set_without_moving_the_others(cifar_root, tmp_path):
+    base = dict(
+        root=str(cifar_root),
+        train_per_class=5,
+        test_per_class=10,
+        calibration_images=10,
+        calibration_test_images=20,
+        holdout_images=20,
+        eval_every=4,
+        eval_images=25,
+    )
+    data.prepare(DataConfig(**base), tmp_path / "before")
+    data.prepare(DataConfig(**base, extra_calibration_test_images=15), tmp_path / "after")
+    before, after = data.load(tmp_path / "before"), data.load(tmp_path / "after")
+    assert len(after.calib.labels) == len(before.calib.labels) + 15
+    # the first calibration images keep their order (their Monte-Carlo chunks stay valid)
+    assert np.array_equal(after.calib.images[:30], before.calib.images)
+    assert np.array_equal(after.holdout.images, before.holdout.images)
+    assert np.array_equal(after.eval.images, before.eval.images)
+    saved = np.load(tmp_path / "after" / "data.npz")
+    calib, holdout, evaluation = (
+        set(saved[k].tolist()) for k in ("calib_test_index", "holdout_index", "eval_index")
+    )
+    assert len(calib) == 35 and not (calib & holdout) and not (calib & evaluation)
