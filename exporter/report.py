@@ -9,6 +9,17 @@ import numpy as np
 
 from exporter.scoring import certified_accuracy
 
+CONFIGS = Path(__file__).parent / "configs"
+
+# Cohen et al. (2019), released ResNet-110 CIFAR-10 certificates: 500 test images,
+# n = 100,000, alpha = 0.001, trained and certified on GPUs; printed beside a bundle of the
+# same sigma as a reference point, not as a like-for-like comparison
+REFERENCE = {
+    0.5: {0.0: 0.652, 0.25: 0.546, 0.5: 0.414, 0.75: 0.320, 1.0: 0.234, 1.5: 0.094},
+    1.0: {0.0: 0.472, 0.25: 0.392, 0.5: 0.340, 0.75: 0.278, 1.0: 0.216, 1.5: 0.140},
+}
+REFERENCE_NAME = "Cohen et al., ResNet-110, n = 100,000 (GPU; reference)"
+
 NAMES = {
     "monte_carlo": "Monte-Carlo (CERTIFY)",
     "surrogate_raw": "Surrogate, raw",
@@ -50,6 +61,26 @@ def _accuracy_rows(section: dict, radii: list[str]) -> list[str]:
         cells = " | ".join(f"{100 * row[x]:.1f}% ± {100 * err[x]:.1f}" for x in radii)
         rows.append(f"| {NAMES.get(name, name)} | {cells} |")
     return rows
+
+
+def _reference_row(sigma: float, radii: list[str]) -> list[str]:
+    """Cohen et al.'s figures at this sigma, where they report the radius; else nothing."""
+    ref = REFERENCE.get(float(sigma))
+    if not ref:
+        return []
+    cells = " | ".join(f"{100 * ref[float(x)]:.1f}%" if float(x) in ref else "-" for x in radii)
+    return [f"| {REFERENCE_NAME} | {cells} |"]
+
+
+def preset_for(bundle_name: str) -> str:
+    """The committed preset that builds `bundle_name`: the one whose header names its own
+    command with `--out models/<bundle_name>` (experiment presets share bundle names)."""
+    for path in sorted(CONFIGS.glob("*.toml")):
+        if f"--config exporter/configs/{path.name} --out models/{bundle_name}\n" in (
+            path.read_text()
+        ):
+            return f"exporter/configs/{path.name}"
+    return "<preset>"
 
 
 def _agreement_rows(section: dict) -> list[str]:
@@ -240,6 +271,7 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         "",
         *header,
         *_accuracy_rows(r, radii),
+        *_reference_row(r["sigma"], radii),
         "",
         "## Surrogate versus Monte-Carlo",
         "",
@@ -298,7 +330,7 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         f"- every table above, from `evidence.npz` (per-image Monte-Carlo counts and surrogate "
         f"outputs) without sampling: `python -m exporter.tables models/{r['bundle']}` "
         "(`--check` compares with report.json and refits the calibration);",
-        "- the bundle: `python -m exporter run --config exporter/configs/cifar10-cpu.toml "
+        f"- the bundle: `python -m exporter run --config {preset_for(r['bundle'])} "
         f"--out models/{r['bundle']}` (stages: data, train-base, targets, train-surrogate, "
         "calibrate, export, evaluate, hybrid);",
         f"- the ablation: `python -m exporter.ablation models/{r['bundle']} --work <work> "

@@ -1,0 +1,25 @@
+"""report.md's reference points and reproduce line, from the committed presets."""
+
+import tomllib
+
+import pytest
+
+from exporter.report import CONFIGS, REFERENCE, REFERENCE_NAME, _reference_row, preset_for
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("cifar10-*cpu.toml")), ids=lambda p: p.name)
+def test_each_shipped_preset_is_the_one_its_bundle_report_names(path):
+    name = tomllib.loads(path.read_text())["bundle"]["name"]
+    assert preset_for(name) == f"exporter/configs/{path.name}"
+
+
+def test_experiment_presets_sharing_a_bundle_name_are_not_named():
+    assert preset_for("cifar10-sigma0.25") == "exporter/configs/cifar10-cpu.toml"
+    assert preset_for("no-such-bundle") == "<preset>"
+
+
+def test_reference_row_prints_cohen_figures_only_where_they_exist():
+    (row,) = _reference_row(1.0, ["0.0", "1.5", "2.0"])
+    assert row == f"| {REFERENCE_NAME} | 47.2% | 14.0% | - |"
+    assert _reference_row(0.25, ["0.0"]) == []  # no reference printed for this sigma
+    assert set(REFERENCE) == {0.5, 1.0}
