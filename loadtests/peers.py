@@ -29,12 +29,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from loadtests import wrk
 from loadtests.images import load_images
 from loadtests.serve import (
     REPO,
     ServerProcess,
     free_port,
+    process_tree,
     single_bundle_dir,
     tree_cpu_seconds,
     tree_rss_mb,
@@ -61,8 +64,8 @@ PEERS = [
          "kserve_v1"),
     Peer("bentoml", ["bentoml==1.4.40"], "bentoml_app", "/certify",
          env={"BENTOML_DO_NOT_TRACK": "true"}),
-    Peer("ray-serve", ["ray[serve]==2.60.0"], None,
-         note="not attempted: no Ray Serve deployment written yet (time)"),
+    Peer("ray-serve", ["ray[serve]==2.60.0"], "rayserve_app", "/certify",
+         env={"RAY_USAGE_STATS_ENABLED": "0"}),
     Peer("triton (pytriton)", ["nvidia-pytriton==0.7.0"], None,
          note="not attempted: no PyTriton binding written yet (time)"),
 ]  # fmt: skip
@@ -127,6 +130,10 @@ class PeerProcess:
         return tree_rss_mb(self.process.pid)
 
     def stop(self) -> None:
+        """SIGTERM to the group, SIGKILL after 15 s; then SIGKILL what is left of the process tree
+        as it was before: a descendant that made its own session or group (Ray's raylet and
+        workers, PyTriton's tritonserver) is out of the group's reach."""
+        tree = process_tree(self.process.pid)[1:]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -134,6 +141,13 @@ class PeerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        for p in list(tree):
+            with contextlib.suppress(psutil.Error):
+                tree += p.children(recursive=True)
+        for p in tree:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(tree, timeout=10)
 
 
 def measure_peer(peer: Peer, bundle: Path, image: bytes, args) -> dict:
