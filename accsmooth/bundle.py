@@ -1,9 +1,10 @@
-"""Model bundles on disk: parse and validate `manifest.json`, verify files, hashes and graphs.
+"""The bundle format: the one `Manifest` model, `FORMAT_VERSION`, `sha256_of`, and the checks.
 
 A bundle is a folder `models/<name>/` holding `manifest.json`, `surrogate.onnx`, `base.onnx`
-and whatever reports the exporter wrote; `models/README.md` documents the format. Every check
-raises `BundleError` with a message that names the file and the problem, so that an operator
-reading `/readyz` or the log knows what to fix:
+and whatever reports the exporter wrote; `models/README.md` documents the format. The exporter
+builds a `Manifest` and validates it before writing; the server reads it with `read_manifest`.
+Every check raises `BundleError` with a message that names the file and the problem, so that an
+operator reading `/readyz` or the log knows what to fix:
 
     manifest = read_manifest(Path("models/cifar10-sigma0.25"))
     verify_files(folder, manifest)              # existence + sha256 of every listed file
@@ -20,13 +21,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from server.errors import BundleError
-from server.smoothing import ShiftRule
+from accsmooth.smoothing import ShiftRule
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle on disk is corrupt or inconsistent; `detail` names the file and the problem."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
 
 
 class _Frozen(BaseModel):
@@ -63,7 +71,7 @@ class Calibration(_Frozen):
     empirical_violation_rate: float | None = None
     method: str = "split-conformal"
     # Mondrian split-conformal ("mondrian-conformal"): one shift per bin of Phi^-1(raw pABar),
-    # bin_edges increasing, len(bin_shifts) == len(bin_edges) + 1 (server.smoothing.ShiftRule)
+    # bin_edges increasing, len(bin_shifts) == len(bin_edges) + 1 (accsmooth.smoothing.ShiftRule)
     bin_edges: tuple[float, ...] = ()
     bin_shifts: tuple[float, ...] = ()
 
@@ -94,9 +102,9 @@ class Graphs(_Frozen):
 
 
 class Manifest(_Frozen):
-    """The parsed `manifest.json` (format_version 1)."""
+    """The parsed `manifest.json` (format_version `FORMAT_VERSION`)."""
 
-    format_version: Literal[1]
+    format_version: Literal[FORMAT_VERSION]
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     version: str
     created: str | None = None

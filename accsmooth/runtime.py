@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ class RuntimeOptions:
     inter_op_threads: int = 1  # operators run in parallel (sequential graphs: 1)
     trt_engine_cache_dir: str | None = None  # TensorRT engine cache (saves minutes per start)
     trt_fp16: bool = False  # let TensorRT run in half precision
-    extra: dict = field(default_factory=dict)
 
 
 def choose_providers(options: RuntimeOptions) -> list:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.smoothing import Certificate, certify_from_counts
+from accsmooth.smoothing import Certificate, certify_from_counts
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

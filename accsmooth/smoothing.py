@@ -150,6 +150,37 @@ def certify_from_probabilities(
     ]
 
 
+def certify_batch(probs, n: int, alpha: float, sigma: float, shifts) -> list[tuple]:
+    """(p_a, Certificate) per row of `probs` [B, K], each row under its own shift in `shifts`
+    (a float or a `ShiftRule`; rows sharing a shift are certified together)."""
+    probs = np.atleast_2d(np.asarray(probs))
+    p_a = probs.max(axis=1)
+    out: list[tuple[float, Certificate]] = [None] * len(probs)  # type: ignore[list-item]
+    for shift in set(shifts):
+        rows = [i for i, s in enumerate(shifts) if s == shift]
+        certs = certify_from_probabilities(probs[rows], n, alpha, sigma, shift)
+        for i, cert in zip(rows, certs, strict=True):
+            out[i] = (float(p_a[i]), cert)
+    return out
+
+
+RADIUS_TOLERANCE = 1e-12  # radii closer than this are equal: float noise is not an over-claim
+
+
+def overestimated(pred, radius, mc_pred, mc_radius, tol: float = RADIUS_TOLERANCE):
+    """THE over-estimation rule: a certificate over-claims the Monte-Carlo one when it names the
+    same class with a larger radius (by more than `tol`), or another class while certifying
+    (what calibration bounds by epsilon, what shadow audits and the drift alarm count).
+
+    `pred` and `mc_pred` use -1 for an abstention. Works on scalars (returns a bool) and arrays
+    (returns a bool array).
+    """
+    pred, mc_pred = np.asarray(pred), np.asarray(mc_pred)
+    same = pred == mc_pred
+    over = (same & (np.asarray(radius) > np.asarray(mc_radius) + tol)) | (~same & (pred >= 0))
+    return bool(over) if over.ndim == 0 else over
+
+
 def overestimation_scores(served_class, served_p_lower_raw, mc_class, mc_p_lower):
     """Conformal scores s_i: the served certificate with shift q over-claims iff s_i > q.
 

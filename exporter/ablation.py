@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from accsmooth.bundle import read_manifest
+from accsmooth.smoothing import ShiftRule
 from exporter.config import load_config
 from exporter.fidelity import EVIDENCE, Evidence, Protocol, fit_configured, load_evidence, tables
 from exporter.report import ablation_table, render
-from server.bundle import read_manifest
-from server.smoothing import ShiftRule
 
 ABLATION_NPZ, ABLATION_JSON = "ablation.npz", "ablation.json"
 RADII = (0.0, 0.25, 0.5, 0.75)

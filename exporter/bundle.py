@@ -9,7 +9,6 @@ evaluate stage later adds its report files and summary through `write_manifest`,
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import shutil
@@ -18,25 +17,21 @@ from pathlib import Path
 
 import onnx
 
+from accsmooth.bundle import FORMAT_VERSION, Manifest, sha256_of
 from exporter import data as data_stage
 from exporter.config import Config
 from exporter.onnx_export import OUTPUT_NAMES, ensure_onnx
-from server.bundle import Manifest
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
 
 
 class BundleExistsError(FileExistsError):
     """The output folder already holds a different bundle."""
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def code_revision() -> str:
-    """Short git revision of this code, with "+dirty" when exporter/ or server/ has changes."""
+    """Short git revision of this code, with "+dirty" when accsmooth/, exporter/ or server/ has
+    changes."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -46,7 +41,7 @@ def code_revision() -> str:
             cwd=Path(__file__).parent,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "exporter", "server"],
+            ["git", "status", "--porcelain", "--", "accsmooth", "exporter", "server"],
             capture_output=True,
             text=True,
             cwd=Path(__file__).parent,
@@ -58,9 +53,9 @@ def code_revision() -> str:
 
 def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     """Write manifest.json with fresh sha256s of every other file in the folder, after checking
-    it against the server's `Manifest` model: a bundle the server would refuse is never written."""
+    it against the core's `Manifest` model: a bundle the server would refuse is never written."""
     manifest["sha256"] = {
-        p.name: sha256(p)
+        p.name: sha256_of(p)
         for p in sorted(bundle_dir.iterdir())
         if p.is_file() and p.name != "manifest.json"
     }

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from accsmooth.runtime import OnnxPredictor, make_session
+from accsmooth.smoothing import ShiftRule
 from exporter import data as data_stage
 from exporter.certify_images import certify_all
 from exporter.config import Config
 from exporter.fidelity import Evidence, Protocol, fit_configured
 from exporter.onnx_export import ensure_onnx
-from server.runtime import OnnxPredictor, make_session
-from server.smoothing import ShiftRule
 
 log = logging.getLogger(__name__)
 

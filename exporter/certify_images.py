@@ -1,6 +1,6 @@
 """Monte-Carlo CERTIFY over a set of images, resumable: the ground truth for calibrate/evaluate.
 
-Runs `server.sampling.certify` (the code behind /certify/sampled) on each image with the
+Runs `accsmooth.sampling.certify` (the code behind /certify/sampled) on each image with the
 bundle's protocol (n0, n, alpha) and a per-image seed (seed, image index), in chunks of `CHUNK`
 images (`exporter.chunk_work.certify_chunk`) on the active executor (`exporter.executor`: every
 local core by default, or Ray). The driver writes each finished chunk to
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from accsmooth.bundle import sha256_of
+from accsmooth.smoothing import certify_from_counts
 from exporter import chunk_work, executor
-from exporter.bundle import sha256
 from exporter.config import BundleConfig
-from server.smoothing import certify_from_counts
 
 log = logging.getLogger(__name__)
 CHUNK = 10  # images per resumable chunk
@@ -53,7 +53,7 @@ def certify_all(
         "sigma": bundle.sigma,
         "seed": seed,
         "images": len(images_uint8),
-        "base_sha256": sha256(Path(base_onnx)),  # the same model, not only the same protocol
+        "base_sha256": sha256_of(Path(base_onnx)),  # the same model, not only the same protocol
     }
     executor.claim_folder(out_dir, protocol)
     starts = range(0, len(images_uint8), CHUNK)

@@ -9,7 +9,7 @@ process, in a process pool or on a Ray node.
 The random streams are those of the stages before executors existed: `default_rng([seed,
 chunk index])` for a targets chunk, `default_rng([seed, image index])` per CERTIFY image. A
 chunk's counts therefore depend on its seed and inputs only, never on which worker ran it.
-This module imports numpy and `server.sampling` only (no torch), so a worker starts fast.
+This module imports numpy and `accsmooth.sampling` only (no torch), so a worker starts fast.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from server.sampling import Predict, certify, sample_counts
+from accsmooth.sampling import Predict, certify, sample_counts
 
 
 def to_float(images_uint8: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import compose, helper
 
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 
 INPUT, OUTPUT = "images", "probabilities"
 

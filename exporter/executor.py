@@ -28,7 +28,6 @@ own seed, and onnxruntime's CPU kernels give the same outputs at any thread coun
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -41,7 +40,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
+from accsmooth.bundle import sha256_of
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,6 @@ def run_chunk(work: Work, sha: str, model: str | bytes, threads: int, task: Task
     return index, work(_predictor(sha, model, threads), **kwargs)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 class Executor:
     """Runs chunk functions; a context manager that releases its workers on exit."""
 
@@ -141,7 +137,7 @@ class LocalExecutor(Executor):
         self._pool: ProcessPoolExecutor | None = None
 
     def map(self, work: Work, model: Path, tasks: Iterable[Task]) -> Iterator[tuple[int, Any]]:
-        sha = file_sha256(model)
+        sha = sha256_of(Path(model))
         if self.workers == 1:  # onnxruntime picks one thread per core
             for task in tasks:
                 yield run_chunk(work, sha, str(model), 0, task)
@@ -206,7 +202,7 @@ class RayExecutor(Executor):
         log.info("ray: %s, %d workers, %d GPUs", address or "local", self.workers, self.gpus)
 
     def map(self, work: Work, model: Path, tasks: Iterable[Task]) -> Iterator[tuple[int, Any]]:
-        ray, sha = self._ray, file_sha256(model)
+        ray, sha = self._ray, sha256_of(Path(model))
         if sha not in self._models:  # shipped once through the object store: nodes need no copy
             self._models[sha] = ray.put(Path(model).read_bytes())
         ref = self._models[sha]

@@ -28,16 +28,17 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtri
 
-from exporter.scoring import accuracy_table, certified_accuracy, overestimated
-from server.smoothing import (
+from accsmooth.smoothing import (
     ShiftRule,
     apply_shift,
     clopper_pearson_lower,
     fit_binned_shifts,
+    overestimated,
     overestimation_scores,
     radius_from_p_lower,
     surrogate_p_lower,
 )
+from exporter.scoring import accuracy_table, certified_accuracy
 
 EVIDENCE = "evidence.npz"  # the bundle file holding every image set's Evidence
 

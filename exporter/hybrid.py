@@ -5,9 +5,9 @@
 
 Runs after `evaluate` and reads, never writes, the work folder (data.npz for the evaluation
 images; eval_mc/ for the full-protocol Monte-Carlo results, when complete). For every image it
-applies the server's routing rule (`server.smoothing.hybrid_route`, margin `--margin`) to the
+applies the server's routing rule (`accsmooth.smoothing.hybrid_route`, margin `--margin`) to the
 surrogate's calibrated output; images on the boundary get a real CERTIFY on the base model with
-the (n0, n) the server would pick for `--budget-ms` (`server.sampling.fallback_samples`, from
+the (n0, n) the server would pick for `--budget-ms` (`accsmooth.sampling.fallback_samples`, from
 the base-model throughput measured here on one onnxruntime thread, like the server's audit
 session). It reports how often each method answers, the hybrid's certified accuracy at the
 report's radii (next to the surrogate's and Monte-Carlo's), its over-estimations against the
@@ -26,15 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from accsmooth.bundle import Manifest
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
+from accsmooth.sampling import certify, certify_given_class, fallback_samples, measure_throughput
+from accsmooth.smoothing import certify_from_probabilities, hybrid_route, overestimated
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
 from exporter.fidelity import monte_carlo_certificates
 from exporter.report import render
-from exporter.scoring import accuracy_table, overestimated
-from server.bundle import Manifest
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
-from server.sampling import certify, certify_given_class, fallback_samples, measure_throughput
-from server.smoothing import certify_from_probabilities, hybrid_route
+from exporter.scoring import accuracy_table
 
 log = logging.getLogger(__name__)
 MARGIN = 0.05  # ACCSMOOTH_HYBRID_MARGIN's default

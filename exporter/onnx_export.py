@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from exporter.config import ExportConfig
 from exporter.train_base import build_from_checkpoint
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 
 log = logging.getLogger(__name__)
 

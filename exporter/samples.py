@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from accsmooth.bundle import read_manifest
+from accsmooth.smoothing import certify_from_probabilities
 from exporter import data as data_stage
 from exporter.calibrate import surrogate_probabilities
-from server.bundle import read_manifest
-from server.smoothing import certify_from_probabilities
 
 SMALL = 0.15  # a "small" certificate: positive radius below this (pixels in [0, 1])
 MANIFEST = "samples.json"

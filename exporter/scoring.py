@@ -1,7 +1,8 @@
 """Statistics of a set of certificates against labels and against Monte-Carlo, shared by the
 evaluate and hybrid stages and the plot, so every number in a report is computed one way.
 
-A certificate set is (pred [M], radius [M]) with pred = -1 where the rule abstained.
+A certificate set is (pred [M], radius [M]) with pred = -1 where the rule abstained. Whether one
+over-claims Monte-Carlo is `accsmooth.smoothing.overestimated`, the rule the server's audits use.
 """
 
 from __future__ import annotations
@@ -19,10 +20,3 @@ def accuracy_table(pred, radius, labels, radii) -> tuple[dict, dict]:
     table = {f"{r:g}": certified_accuracy(pred, radius, labels, r) for r in radii}
     stderr = {r: float(np.sqrt(a * (1 - a) / len(labels))) for r, a in table.items()}
     return table, stderr
-
-
-def overestimated(pred, radius, mc_pred, mc_radius):
-    """[M] bool: the certificate over-claims the Monte-Carlo one: a larger radius for the same
-    class, or another class with a positive radius (what calibration bounds by epsilon)."""
-    same = pred == mc_pred
-    return (same & (radius > mc_radius + 1e-12)) | (~same & (pred >= 0))

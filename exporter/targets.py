@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from accsmooth.bundle import sha256_of
+from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import chunk_work, executor
 from exporter import data as data_stage
-from exporter.bundle import sha256
 from exporter.config import Config
 from exporter.onnx_export import ensure_onnx
-from server.runtime import OnnxPredictor, make_session
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run(cfg: Config, work: Path) -> Path:
         "confident_fraction": c.confident_fraction,
         "chunk_images": c.chunk_images,
         "seed": c.seed,
-        "base_sha256": sha256(base),
+        "base_sha256": sha256_of(base),
     }
     executor.claim_folder(out_dir, stamp)
     images, k = ds.train.images[: c.max_images or None], len(ds.classes)

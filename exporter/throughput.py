@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import chunk_work
 from exporter.executor import Executor, LocalExecutor, RayExecutor, cores
 from exporter.targets import bare_rate
-from server.runtime import OnnxPredictor, make_session
 
 CHUNK_IMAGES, SAMPLES, BATCH = 8, 256, 256  # 2,048 noisy samples per chunk
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from accsmooth.bundle import read_manifest
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from loadtests.images import load_images
-from server.bundle import read_manifest
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from server.settings import Settings
 
 SURROGATE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)

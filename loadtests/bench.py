@@ -30,13 +30,13 @@ import sys
 import time
 from pathlib import Path
 
+from accsmooth.bundle import read_manifest
 from loadtests import bare, wrk
 from loadtests.audits import AuditStreams, audit, certify_latency, peak_rss_during
 from loadtests.images import load_images
 from loadtests.machine import machine_facts
 from loadtests.serve import REPO, ServerProcess, single_bundle_dir
 from loadtests.table import goals_table, print_table
-from server.bundle import read_manifest
 from server.settings import Settings
 
 RESULTS = REPO / "loadtests" / "results"

@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from accsmooth.bundle import read_manifest
 from loadtests.images import load_images
 from loadtests.serve import REPO, ServerProcess, single_bundle_dir
-from server.bundle import read_manifest
 
 # wrk calls done() once at the end: print the figures as one JSON line (latency in us).
 SCRIPT = """

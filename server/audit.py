@@ -36,10 +36,10 @@ from typing import TypeVar
 
 import numpy as np
 
+from accsmooth.sampling import MonteCarloResult, certify
 from server import metrics
 from server.errors import AccsmoothError, AuditQueueFull, ShuttingDown
 from server.registry import LoadedModel
-from server.sampling import MonteCarloResult, certify
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The drift alarm: is the surrogate over-claiming more often than its calibration promises?
 
-A calibrated bundle promises (split-conformal, `server.smoothing.fit_conformal_shift`) that a
+A calibrated bundle promises (split-conformal, `accsmooth.smoothing.fit_conformal_shift`) that a
 served certificate over-claims the Monte-Carlo one (larger radius, or a class Monte-Carlo does
 not certify) with probability at most `epsilon`, for images like the calibration set. Shadow
 audits (`server.shadow`) re-certify a random sample of served answers with Monte-Carlo at the
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from scipy.special import bdtrc
 
-from server.smoothing import clopper_pearson_lower
+from accsmooth.smoothing import clopper_pearson_lower
 
 
 @dataclass(frozen=True)

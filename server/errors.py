@@ -109,12 +109,6 @@ class ModelNotReady(AccsmoothError):
     code = "model_not_ready"
 
 
-class BundleError(AccsmoothError):
-    """A bundle on disk is corrupt or inconsistent; `detail` names the file and the problem."""
-
-    code = "bundle_invalid"
-
-
 class Overloaded(AccsmoothError):
     """The fast-path queue is full: shed load now rather than queue without bound."""
 
@@ -166,7 +160,6 @@ STATUS: dict[type[AccsmoothError], int] = {
     HeadersTooLarge: 431,
     ClientDisconnected: 499,  # nginx's "client closed request": not a server error
     InferenceFailed: 500,
-    BundleError: 503,
     ModelNotReady: 503,
     Overloaded: 503,
     ShuttingDown: 503,

@@ -3,7 +3,7 @@ clear of the decision boundary, and with Monte-Carlo CERTIFY on the base model w
 
     curl -s -X POST 'localhost:8000/certify?mode=hybrid' -F image=@cat.png
 
-The routing rule is `server.smoothing.hybrid_route` (margin `ACCSMOOTH_HYBRID_MARGIN`), the
+The routing rule is `accsmooth.smoothing.hybrid_route` (margin `ACCSMOOTH_HYBRID_MARGIN`), the
 same function the exporter's hybrid evaluation uses. The fallback runs CERTIFY with the bundle's
 alpha and a smaller sample size chosen to fit `ACCSMOOTH_HYBRID_BUDGET_MS`:
 
@@ -24,15 +24,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+from accsmooth.sampling import fallback_samples
+from accsmooth.smoothing import Certificate, hybrid_route
 from server import metrics, pipeline
 from server.audit import AuditJob, AuditPool, monte_carlo
 from server.decoder import Decoder
 from server.errors import AccsmoothError, ClientDisconnected, Overloaded
 from server.registry import LoadedModel
-from server.sampling import fallback_samples
 from server.schemas import HybridCertificate, HybridPlan
 from server.settings import Settings
-from server.smoothing import Certificate, hybrid_route
 
 
 def plan_for(model: LoadedModel, settings: Settings) -> HybridPlan:

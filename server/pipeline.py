@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from accsmooth.smoothing import Certificate, overestimated
 from server import metrics
 from server.audit import AuditJob, AuditPool, monte_carlo
 from server.decoder import Decoder
@@ -24,7 +25,6 @@ from server.errors import AccsmoothError, ClientDisconnected
 from server.imaging import DecodedImage
 from server.registry import LoadedModel
 from server.schemas import Agreement, SampledCertificate, SurrogateCertificate
-from server.smoothing import Certificate
 
 if TYPE_CHECKING:
     from server.shadow import ShadowAuditor
@@ -194,11 +194,18 @@ async def until_disconnected(work: Awaitable, disconnected: Callable[[], Awaitab
 
 
 def agreement(served: SurrogateCertificate, mc: Certificate) -> Agreement:
-    """Does the served certificate claim more than Monte-Carlo (larger radius, other class)?"""
-    same = served.predicted_class == mc.predicted_class
-    over = not served.abstained and (not same or served.certified_radius > mc.radius)
+    """Does the served certificate claim more than Monte-Carlo (`overestimated`: a larger
+    radius, or another class)?"""
+    over = overestimated(
+        -1 if served.abstained else served.predicted_class,
+        served.certified_radius,
+        -1 if mc.abstained else mc.predicted_class,
+        mc.radius,
+    )
     return Agreement(
-        same_class=same, radius_gap=served.certified_radius - mc.radius, overestimated=over
+        same_class=served.predicted_class == mc.predicted_class,
+        radius_gap=served.certified_radius - mc.radius,
+        overestimated=over,
     )
 
 

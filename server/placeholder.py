@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.bundle import sha256_of
+from accsmooth.bundle import FORMAT_VERSION, sha256_of
 
 CIFAR10 = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -109,7 +109,7 @@ def write_bundle(
         (folder / file).write_bytes(data)
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
     manifest = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "name": name or folder.name,
         "version": "0.0.1",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -20,14 +20,14 @@ from typing import Literal
 
 import numpy as np
 
+from accsmooth.bundle import BundleError, Manifest, check_graph, read_manifest, verify_files
+from accsmooth.runtime import OnnxPredictor, make_session
+from accsmooth.sampling import measure_throughput
+from accsmooth.smoothing import certify_batch
 from server import metrics
 from server.batcher import MicroBatcher
-from server.bundle import Manifest, check_graph, read_manifest, verify_files
-from server.errors import BundleError, ModelNotFound, ModelNotReady
-from server.runtime import OnnxPredictor, make_session
-from server.sampling import measure_throughput
+from server.errors import ModelNotFound, ModelNotReady
 from server.settings import Settings
-from server.smoothing import Certificate, certify_from_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,7 @@ class LoadedModel:
         """Surrogate certificates for a batch: (p_a, Certificate) per image, per its shift."""
         m = self.manifest
         probs = self.surrogate(images)
-        p_a = probs.max(axis=1)
-        out: list[tuple[float, Certificate]] = [None] * len(images)  # type: ignore[list-item]
-        for shift in set(shifts):
-            rows = [i for i, s in enumerate(shifts) if s == shift]
-            certs = certify_from_probabilities(
-                probs[rows], m.protocol.n, m.protocol.alpha, m.sigma, shift
-            )
-            for i, cert in zip(rows, certs, strict=True):
-                out[i] = (float(p_a[i]), cert)
-        return out
+        return certify_batch(probs, m.protocol.n, m.protocol.alpha, m.sigma, shifts)
 
 
 def _load(folder: Path, settings: Settings) -> LoadedModel:

@@ -72,7 +72,7 @@ class HybridCertificate(SurrogateCertificate):
     method: Literal["surrogate", "monte_carlo"]
     mode: Literal["hybrid"] = "hybrid"
     reason: Literal["clear_certify", "clear_abstain", "boundary"] = Field(
-        description="why this method answered (see server.smoothing.hybrid_route)"
+        description="why this method answered (see accsmooth.smoothing.hybrid_route)"
     )
     surrogate_p_a_lower: float = Field(description="the surrogate's calibrated bound (routing)")
     n0: int | None = Field(None, description="Monte-Carlo selection samples (null: surrogate)")

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from server.runtime import PREFERENCE, RuntimeOptions
+from accsmooth.runtime import PREFERENCE, RuntimeOptions
 
 
 class Settings(BaseSettings):

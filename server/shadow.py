@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
+from accsmooth.sampling import certify
 from server import metrics
 from server.audit import lower_thread_priority
 from server.drift import DriftTest, DriftWindow
 from server.errors import ShuttingDown
 from server.pipeline import agreement
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
-from server.sampling import certify
 from server.schemas import AuditRecord, DriftStatus, MonteCarloSummary
 
 if TYPE_CHECKING:

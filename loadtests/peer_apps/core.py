@@ -2,7 +2,7 @@
 
 Decode the PNG (`server.imaging`), run the surrogate with onnxruntime (one thread, as the
 server's default), turn its probabilities into the calibrated certificate with the shared rule
-(`server.smoothing`, the bundle's n, alpha, sigma and shift), and answer the same JSON fields as
+(`accsmooth.smoothing`, the bundle's n, alpha, sigma and shift), and answer the same JSON fields as
 /certify. Needs only numpy, scipy, onnxruntime, Pillow and pydantic in the peer's environment,
 with the repository on PYTHONPATH; the bundle folder is $PEER_BUNDLE.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server.bundle import read_manifest
+from accsmooth.bundle import read_manifest
+from accsmooth.smoothing import certify_from_probabilities
 from server.imaging import decode_image
-from server.smoothing import certify_from_probabilities
 
 
 class Certifier:
@@ -41,6 +41,20 @@ class Certifier:
         probs = self.session.run([self.output], {self.input: image.array[None]})[0]
         p = self.m.protocol
         cert = certify_from_probabilities(probs, p.n, p.alpha, self.m.sigma, self.m.shift)[0]
+        return self._fields(cert, probs[0], started)
+
+    def batch(self, images: list[bytes]) -> list[dict]:
+        """Several images' answers with one model call (for a peer that batches requests)."""
+        started = time.perf_counter()
+        arrays = [
+            decode_image(x, self.h, self.w, resize=False, max_pixels=1 << 24).array for x in images
+        ]
+        probs = self.session.run([self.output], {self.input: np.stack(arrays)})[0]
+        p = self.m.protocol
+        certs = certify_from_probabilities(probs, p.n, p.alpha, self.m.sigma, self.m.shift)
+        return [self._fields(c, row, started) for c, row in zip(certs, probs, strict=True)]
+
+    def _fields(self, cert, probs, started: float) -> dict:
         return {
             "model": self.m.name, "model_version": self.m.version, "method": "surrogate",
             "predicted_class": cert.predicted_class,

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.bundle import check_graph, read_manifest, verify_files
-from server.errors import BundleError
-from server.runtime import RuntimeOptions, make_session
+from accsmooth.bundle import BundleError, check_graph, read_manifest, verify_files
+from accsmooth.runtime import RuntimeOptions, make_session
 
 
 def edit_manifest(folder: Path, **changes) -> None:

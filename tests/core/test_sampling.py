@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
-from server.sampling import certify, certify_given_class, sample_counts
-from server.smoothing import clopper_pearson_lower, radius_from_p_lower
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
+from accsmooth.sampling import certify, certify_given_class, sample_counts
+from accsmooth.smoothing import clopper_pearson_lower, radius_from_p_lower
 
 SIGMA, THRESHOLD, VALUE = 0.25, 0.5, 0.6
 

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import ndtri
 from scipy.stats import binom, norm
 
-from server.smoothing import (
+from accsmooth.smoothing import (
     certify_from_counts,
     certify_from_probabilities,
     clopper_pearson_lower,

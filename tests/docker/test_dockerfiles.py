@@ -82,6 +82,7 @@ def test_dockerignore_keeps_the_heavy_folders_out():
                  "server/__pycache__/app.cpython-311.pyc", "tests/server/test_app.py"):  # fmt: skip
         assert ignored(path, rules), path
     assert not ignored("server/app.py", rules)
+    assert not ignored("accsmooth/smoothing.py", rules)
 
 
 @pytest.mark.parametrize("name", SERVER_IMAGES)
@@ -112,9 +113,10 @@ def test_dependencies_are_installed_before_the_code_is_copied(name):
     all_steps = steps(name)
     install = index_of(all_steps, "RUN", "docker/requirements.py")
     assert index_of(all_steps, "COPY", "pyproject.toml") < install
-    assert install < index_of(all_steps, "COPY", "server/")
+    assert install < index_of(all_steps, "COPY", "accsmooth/")
     between = all_steps[index_of(all_steps, "COPY", "pyproject.toml") : install]
-    assert all("server" not in s.args for s in between if s.keyword == "COPY")
+    code = ("accsmooth", "server", "exporter")
+    assert all(not any(c in s.args for c in code) for s in between if s.keyword == "COPY")
 
 
 @pytest.mark.parametrize("name", ALL_IMAGES)
@@ -175,4 +177,5 @@ def test_exporter_image_installs_torch_from_a_chosen_index_before_the_extra():
     header = (DOCKER / "Dockerfile.exporter").read_text().split("FROM")[0]
     assert "CUDA" in header and "--build-arg TORCH_INDEX=" in header
     copied = copy_sources(all_steps)
-    assert "exporter/" in copied and "server/" in copied  # the exporter imports server's math
+    assert "exporter/" in copied and "accsmooth/" in copied  # the exporter imports the core
+    assert "server/" not in copied  # and nothing of the server

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from scipy.special import ndtr, ndtri
 
-from exporter.fidelity import Evidence, Protocol, fit_rule, monte_carlo_certificates
-from server.smoothing import (
+from accsmooth.smoothing import (
     ShiftRule,
     apply_shift,
     fit_binned_shifts,
     fit_conformal_shift,
     overestimation_scores,
 )
+from exporter.fidelity import Evidence, Protocol, fit_rule, monte_carlo_certificates
 
 
 def test_conformal_shift_bounds_the_violation_rate_on_fresh_scores():
@@ -125,7 +125,7 @@ def test_cross_fitting_picks_the_bin_count_with_the_best_held_out_accuracy_and_f
 
 
 def test_vectorised_monte_carlo_certificates_equal_certify_from_counts():
-    from server.smoothing import certify_from_counts
+    from accsmooth.smoothing import certify_from_counts
 
     rng = np.random.default_rng(5)
     counts0 = rng.multinomial(100, [0.5, 0.3, 0.2], size=300)

@@ -3,9 +3,9 @@
 import numpy as np
 import onnx
 
+from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import ensemble
 from server.placeholder import intensity_weights, linear_graph
-from server.runtime import OnnxPredictor, make_session
 
 SHAPE = (3, 8, 8)
 

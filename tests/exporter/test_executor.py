@@ -19,11 +19,11 @@ import time
 import numpy as np
 import pytest
 
+from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from exporter import __main__ as cli
 from exporter import data, targets
 from exporter.certify_images import certify_all
 from exporter.executor import LocalExecutor, cores, using
-from server.runtime import OnnxPredictor, RuntimeOptions, make_session
 from tests.exporter.conftest import ROOT, SMOKE
 
 IMAGES = 25  # three CERTIFY chunks, the last one short

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from accsmooth.bundle import read_manifest, verify_files
+from accsmooth.sampling import MIN_N
 from exporter import hybrid
-from server.bundle import read_manifest, verify_files
-from server.sampling import MIN_N
 
 
 def test_the_report_gains_a_hybrid_section_and_the_manifest_still_verifies(smoke_run):

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from accsmooth.runtime import OnnxPredictor, make_session
 from exporter.onnx_export import ParityError, export
-from server.runtime import OnnxPredictor, make_session
 
 
 @pytest.mark.parametrize("kind", ["base", "surrogate"])

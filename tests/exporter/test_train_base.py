@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import torch
 
+from accsmooth.bundle import sha256_of as sha256
+from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import data, train_base
-from exporter.bundle import sha256
-from server.runtime import OnnxPredictor, make_session
 
 
 def test_an_imported_base_computes_what_its_onnx_graph_computes(smoke_run, tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.sampling import MIN_N, MIN_N0, SAFETY
-from server.smoothing import hybrid_route, radius_from_p_lower
+from accsmooth.sampling import MIN_N, MIN_N0, SAFETY
+from accsmooth.smoothing import hybrid_route, radius_from_p_lower
 from tests.server.helpers import metric, post_image, scrape, solid
 from tests.server.test_shadow import HONEST_BASE
 

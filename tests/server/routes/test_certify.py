@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from server.smoothing import certify_from_probabilities, clopper_pearson_lower
+from accsmooth.smoothing import certify_from_probabilities, clopper_pearson_lower
 from tests.server.helpers import CLASSES, encode, post_image, solid
 
 
