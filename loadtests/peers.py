@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,9 @@ class Peer:
     packages: list[str]
     app: str | None  # module under loadtests/peer_apps, run as `python -m ... PORT`
     path: str = "/predict"
-    body: str = "raw"  # raw: the PNG; kserve_v1: {"instances": [b64]}; json_image: {"image": b64}
+    # raw: the PNG; kserve_v1: {"instances": [b64]}; json_image: {"image": b64};
+    # triton_binary: the Open Inference Protocol with the PNG as a binary BYTES tensor
+    body: str = "raw"
     note: str = ""
     env: dict = field(default_factory=dict)
 
@@ -66,8 +69,8 @@ PEERS = [
          env={"BENTOML_DO_NOT_TRACK": "true"}),
     Peer("ray-serve", ["ray[serve]==2.60.0"], "rayserve_app", "/certify",
          env={"RAY_USAGE_STATS_ENABLED": "0"}),
-    Peer("triton (pytriton)", ["nvidia-pytriton==0.7.0"], None,
-         note="not attempted: no PyTriton binding written yet (time)"),
+    Peer("triton (pytriton)", ["nvidia-pytriton==0.7.0"], "pytriton_app",
+         "/v2/models/accsmooth/infer", "triton_binary"),
 ]  # fmt: skip
 
 
@@ -93,6 +96,16 @@ def request_body(peer: Peer, image: bytes) -> tuple[bytes, dict]:
     if peer.body == "json_image":
         body = json.dumps({"image": base64.b64encode(image).decode()}).encode()
         return body, {"Content-Type": "application/json"}
+    if peer.body == "triton_binary":
+        # Open Inference Protocol request, the PNG as one BYTES element with Triton's binary-data
+        # extension (what tritonclient sends): the JSON header, then the element (4-byte length).
+        header = json.dumps({"inputs": [{
+            "name": "image", "shape": [1, 1], "datatype": "BYTES",
+            "parameters": {"binary_data_size": len(image) + 4},
+        }]}, separators=(",", ":")).encode()  # fmt: skip
+        body = header + struct.pack("<I", len(image)) + image
+        return body, {"Content-Type": "application/octet-stream",
+                      "Inference-Header-Content-Length": str(len(header))}  # fmt: skip
     return image, {"Content-Type": "image/png"}
 
 
