@@ -59,7 +59,7 @@ def prepare_multiprocess_dir(workers: int) -> str | None:
 WORKER_HEALTHCHECK_SECONDS = 60
 
 
-HTTP_PROTOCOL = "server.protocol:GuardedHttpToolsProtocol"
+HTTP_PROTOCOL = "server.http.protocol:GuardedHttpToolsProtocol"
 
 # Seconds after the app's own grace period at which uvicorn cancels whatever is still running.
 SHUTDOWN_BACKSTOP_SECONDS = 5.0
@@ -93,14 +93,14 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         uvicorn.run(
-            "server.app:app_from_env",
+            "server.http.app:app_from_env",
             factory=True,
             host=args.host,
             port=args.port,
             workers=args.workers,
             log_level=os.environ.get("ACCSMOOTH_LOG_LEVEL", "info"),
             access_log=False,  # per-request log lines cost more than a fast request
-            http=HTTP_PROTOCOL,  # header deadline and size limit (server.protocol)
+            http=HTTP_PROTOCOL,  # header deadline and size limit (server.http.protocol)
             # a backstop only: the app itself cancels its audits at ACCSMOOTH_GRACEFUL_TIMEOUT_S
             # (server.lifecycle) and answers them; uvicorn cancels whatever still runs after
             timeout_graceful_shutdown=settings.graceful_timeout_s + SHUTDOWN_BACKSTOP_SECONDS,

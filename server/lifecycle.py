@@ -24,7 +24,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-from server.errors import ShuttingDown
+from server.http.errors import ShuttingDown
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ worker answers it. Gauges therefore name how they merge (`multiprocess_mode`).
 
 Labels: `endpoint` is the route (`/certify`, `/certify/batch`, `/certify/sampled`, ...),
 `model` the bundle name, `source` who asked for an audit (`request`: /certify/sampled;
-`shadow`: a sampled /certify answer re-certified in the background, see `server.shadow`).
+`shadow`: a sampled /certify answer re-certified in the background, see `server.shadow.auditor`).
 Stages: request = whole handler, queue = waiting for the model, compute = model.
 """
 

@@ -25,8 +25,8 @@ from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.sampling import measure_throughput
 from accsmooth.smoothing import certify_batch
 from server import metrics
-from server.batcher import MicroBatcher
-from server.errors import ModelNotFound, ModelNotReady
+from server.fast.batcher import MicroBatcher
+from server.http.errors import ModelNotFound, ModelNotReady
 from server.settings import Settings
 
 log = logging.getLogger(__name__)

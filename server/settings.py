@@ -1,7 +1,7 @@
 """Service configuration: every field is an `ACCSMOOTH_<NAME>` environment variable.
 
 Settings are built once, by whoever starts the service (`python -m server`, the uvicorn
-factory `server.app:app_from_env`, or a test), and passed to `create_app(settings)`; nothing
+factory `server.http.app:app_from_env`, or a test), and passed to `create_app(settings)`; nothing
 reads the environment at import time. Validators fail fast on nonsense values, so a typo in a
 deployment stops the process at start instead of surfacing as odd behaviour under load.
 
@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         description="after SIGTERM, seconds audits may still run before they are cancelled (503)",
     )  # fmt: skip
 
-    # Shadow audits and drift alarm (server.shadow)
+    # Shadow audits and drift alarm (server.shadow.auditor)
     audit_rate: float = Field(
         0.0, ge=0.0, le=1.0, description="fraction of /certify answers re-certified by Monte-Carlo"
     )
@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         0.01, gt=0.0, lt=0.5, description="significance of the one-sided binomial drift test"
     )
 
-    # Hybrid certification (/certify?mode=hybrid, server.hybrid)
+    # Hybrid certification (/certify?mode=hybrid, server.sampled.hybrid)
     hybrid_margin: float = Field(
         0.05, ge=0.0, lt=0.5, description="surrogate answers when its bound is this far from 1/2"
     )

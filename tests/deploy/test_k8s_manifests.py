@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from server.__main__ import SHUTDOWN_BACKSTOP_SECONDS
-from server.routes import health
+from server.http.routes import health
 from server.settings import Settings
 from tests.deploy.manifests import (
     BASE,

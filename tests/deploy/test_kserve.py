@@ -12,7 +12,7 @@ import re
 import kubernetes_validate
 import pytest
 
-from server.routes import health
+from server.http.routes import health
 from tests.deploy.manifests import (
     KSERVE,
     KUBERNETES_VERSION,

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from server.app import create_app
+from server.http.app import create_app
 from server.settings import Settings
 from tests.docker.dockerfiles import DOCKER, REPO, env_values, instructions
 

@@ -78,10 +78,15 @@ def test_server_images_copy_the_default_bundle(name):
 
 def test_dockerignore_keeps_the_heavy_folders_out():
     rules = dockerignore_rules()
-    for path in (".venv/bin/python", "work/cifar10-sigma0.25/data.npz", ".git/HEAD",
-                 "server/__pycache__/app.cpython-311.pyc", "tests/server/test_app.py"):  # fmt: skip
+    for path in (
+        ".venv/bin/python",
+        "work/cifar10-sigma0.25/data.npz",
+        ".git/HEAD",
+        "server/__pycache__/app.cpython-311.pyc",
+        "tests/server/http/test_app.py",
+    ):
         assert ignored(path, rules), path
-    assert not ignored("server/app.py", rules)
+    assert not ignored("server/http/app.py", rules)
     assert not ignored("accsmooth/smoothing.py", rules)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from accsmooth.bundle import sha256_of as sha256
 from exporter import ablation, bundle, pipeline, tables
 from exporter.bundle import BundleExistsError
-from server.app import create_app
+from server.http.app import create_app
 from tests.exporter.conftest import SMOKE
 from tests.server.helpers import settings_for, wait_ready
 

@@ -3,7 +3,7 @@
 Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS=tests.fuzz.hooks.
 
 - `error_body_is_json`: every 4xx/5xx answer is a JSON object with a non-empty string `error`
-  code and a non-empty string `detail` message (the shape of `server.errors.error_body`).
+  code and a non-empty string `detail` message (the shape of `server.http.errors.error_body`).
 - Bodies: schemathesis generates random bytes for the image bodies, which only ever reach the
   decoder's 400s. A third of the image bodies are replaced by a real PNG (of the model's size
   or not), so that the query parameters, resizing and the certify pipeline are fuzzed too.

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from exporter.samples import SMALL
-from server.app import create_app
+from server.http.app import create_app
 from tests.server.helpers import settings_for, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]

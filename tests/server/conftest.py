@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.http.app import create_app
 from server.placeholder import write_bundle
 from tests.server.helpers import CALIBRATION, CLASSES, SHAPE, settings_for, wait_ready
 

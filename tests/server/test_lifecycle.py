@@ -20,7 +20,7 @@ def test_audits_running_at_the_end_of_the_grace_period_are_answered_503(models_d
         )
     )
     audit.start()
-    pool = client.app.state.audits
+    pool = client.app.state.sampled
     while pool.admitted == 0:  # wait until the audit is in the pool
         audit.join(0.01)
     client.portal.call(client.app.state.drain.begin)

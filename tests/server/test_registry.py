@@ -9,7 +9,7 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
+from server.http.app import create_app
 from server.placeholder import linear_graph
 from tests.server.helpers import post_image, rehash, settings_for, solid
 

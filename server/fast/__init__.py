@@ -1,0 +1,1 @@
+"""The fast path, `/certify`: the micro-batcher and the surrogate's one-pass certificate."""

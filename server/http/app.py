@@ -1,0 +1,156 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app; nothing happens at import.
+
+    uvicorn --factory server.http.app:app_from_env --port 8000     # settings from ACCSMOOTH_*
+    python -m server --port 8000 --workers 2                   # the same, with multiprocess metrics
+
+Startup (lifespan): the sampled pool, the shadow auditor, the hybrid fallback pool and the image
+decoder are created, the SIGTERM drain is armed (`server.lifecycle`) and bundles load in the
+background, so /livez answers at once and /readyz turns 200 when every bundle is warmed up.
+Every domain error is answered by one handler, through the status table in `server.http.errors`; a
+client that hung up mid-request is answered 499 (for the metrics) and logged in one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from server import metrics
+from server.http.errors import AccsmoothError, ClientDisconnected, error_body, status_of
+from server.http.fastpath import FastCertify
+from server.http.middleware import AdmissionLimit, BodyDeadline, BodyLimit, HttpMetrics
+from server.http.routes import certify, docs, health, models, oip, shadow_audits, web
+from server.images.decoder import Decoder
+from server.lifecycle import Drain
+from server.registry import ModelRegistry
+from server.sampled.hybrid import fallback_pool
+from server.sampled.pool import SampledPool
+from server.settings import Settings
+from server.shadow.auditor import ShadowAuditor
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    registry: ModelRegistry = app.state.registry
+    settings: Settings = app.state.settings
+    app.state.sampled = SampledPool(
+        settings.sampled_concurrency, settings.sampled_queue, settings.sampled_nice
+    )
+    app.state.shadow = ShadowAuditor(settings)
+    app.state.hybrid = fallback_pool(settings)
+    app.state.decoder = Decoder(
+        settings.max_image_pixels, settings.decode_pixel_budget, niceness=settings.sampled_nice
+    )
+    drain: Drain = app.state.drain
+    drain.start(app.state.sampled, app.state.hybrid)
+    drain.install_signal_handlers()
+    loading = asyncio.create_task(registry.load(), name="load-bundles")
+    app.state.loading = loading
+    try:
+        yield
+    finally:
+        drain.remove_signal_handlers()
+        loading.cancel()
+        await asyncio.gather(loading, return_exceptions=True)
+        await registry.close()
+        app.state.sampled.shutdown()
+        app.state.shadow.shutdown()
+        app.state.hybrid.shutdown()
+        app.state.decoder.shutdown()
+        metrics.mark_worker_dead(os.getpid())
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body"))
+        parts.append(f"{loc or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Domain errors via the table; FastAPI's own 422/404/405 in the same JSON shape."""
+
+    @app.exception_handler(AccsmoothError)
+    async def domain_error(request: Request, exc: AccsmoothError) -> JSONResponse:
+        status = status_of(exc)
+        if status >= 499:  # 499: the client left, worth a line but not a warning
+            log.log(logging.INFO if status == 499 else logging.WARNING, "%s %s -> %d %s: %s",
+                    request.method, request.url.path, status, exc.code, exc.detail)  # fmt: skip
+        body = error_body(exc.code, exc.detail)
+        return JSONResponse(body, status_code=status, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        """The client closed the connection mid-request: one log line, counted as 499."""
+        error = ClientDisconnected("the client closed the connection before sending its body")
+        return await domain_error(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body("invalid_parameter", _validation_detail(exc)), status_code=422
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A new app serving `settings.models_dir`; bundles load when the app starts."""
+    app = FastAPI(
+        title="accsmooth",
+        summary="Certified-robustness inference: randomized-smoothing certificates in one pass.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # served from local files by server.http.routes.docs, not from a CDN
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.registry = ModelRegistry(settings)
+    app.state.drain = Drain(settings.graceful_timeout_s)
+    install_error_handlers(app)
+    routers = (certify, models, shadow_audits, health, oip, web, docs)
+    for module in routers:
+        app.include_router(module.router)
+    web.mount_static(app)
+    docs.mount_assets(app)
+    app.add_middleware(FastCertify, state=app.state)  # innermost: the limits below wrap it
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, drain=app.state.drain)
+    app.add_middleware(AdmissionLimit, limit=settings.max_in_flight)
+    app.add_middleware(HttpMetrics)  # added last = outermost: counts the 413s too
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Log lines of the `server` package next to uvicorn's."""
+    logger = logging.getLogger("server")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory: settings from the ACCSMOOTH_* environment (used by every worker)."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

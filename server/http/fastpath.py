@@ -1,0 +1,124 @@
+"""POST /certify with a raw image body, answered in front of FastAPI's router.
+
+The common request, a raw `image/*` body with plain query values (`model`, `calibrated`,
+`resize`, `mode=surrogate`), is answered here with the same pipeline and the same answer as
+`server.http.routes.certify`, minus what it does not need: routing, dependency injection, the
+multipart check, pydantic validation of the answer (the route validates it against a union of
+two models) and the standard-library JSON encoder (orjson here). Everything else falls through
+to the route unchanged, decided from the headers and query alone before a byte of the body is
+read: multipart uploads, `mode=hybrid`, a protected /certify (ACCSMOOTH_PROTECT_CERTIFY), a
+repeated, empty, unknown or unusual query value (the route then answers it, or its 422).
+
+The body limit, body deadline, admission limit and HTTP metrics wrap this middleware as they
+wrap the route; their errors, the registry's and the pipeline's are answered by the error
+table (`server.http.errors`) in the same JSON shape and with the same headers as the app's handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.fast.surrogate import surrogate_answer
+from server.http.errors import AccsmoothError, ClientDisconnected, error_body, status_of
+
+log = logging.getLogger(__name__)
+
+PATH = "/certify"
+TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # pydantic's spellings of a bool
+FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def _bool(value: str) -> bool | None:
+    value = value.lower()
+    return True if value in TRUE else False if value in FALSE else None
+
+
+def fast_query(query_string: bytes) -> dict | None:
+    """The parameters of a request the fast path answers, or None when the route should."""
+    params = {"model": None, "calibrated": True, "resize": False}
+    seen = set()
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key in seen or not value:
+            return None
+        seen.add(key)
+        if key == "model":
+            params["model"] = value
+        elif key in ("calibrated", "resize"):
+            params[key] = _bool(value)
+            if params[key] is None:
+                return None
+        elif key != "mode" or value != "surrogate":
+            return None
+    return params
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; ClientDisconnected if the client goes first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client closed the connection before sending its body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: dict | None = None) -> None:
+    head = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    for key, value in (headers or {}).items():
+        head.append((key.lower().encode(), value.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+class FastCertify:
+    """Answers plain raw-body POST /certify requests; passes every other request to `app`."""
+
+    def __init__(self, app: ASGIApp, state):
+        self.app = app
+        self.state = state  # the FastAPI app's state: settings, registry, decoder, shadow
+
+    def _takes(self, scope: Scope) -> dict | None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            return None
+        if self.state.settings.protect_certify:
+            return None
+        media = b""
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                media = value.split(b";", 1)[0].strip().lower()
+                break
+        if not media.startswith(b"image/"):
+            return None
+        return fast_query(scope["query_string"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params = self._takes(scope)
+        if params is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = self.state
+        try:
+            model = state.registry.get(params["model"])
+            data = await read_body(receive)
+            answer = await surrogate_answer(
+                model, data, calibrated=params["calibrated"], resize=params["resize"],
+                decoder=state.decoder, started=started, shadow=state.shadow,
+            )  # fmt: skip
+        except AccsmoothError as exc:
+            status = status_of(exc)
+            if status >= 499:  # as the app's handler: 499 is worth a line, 5xx a warning
+                log.log(logging.INFO if status == 499 else logging.WARNING, "POST %s -> %d %s: %s",
+                        PATH, status, exc.code, exc.detail)  # fmt: skip
+            body = orjson.dumps(error_body(exc.code, exc.detail))
+            await send_json(send, status, body, exc.headers)
+            return
+        await send_json(send, 200, orjson.dumps(answer))
