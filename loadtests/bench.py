@@ -1,4 +1,4 @@
-"""`make bench`: one run, one machine, every performance figure of issues #2 and #5.
+"""`make bench`: one run, one machine, every performance figure and goal.
 
     python -m loadtests.bench                                   # the default bundle, full run
     python -m loadtests.bench --models-dir /tmp/m --quick       # a functional check, ~1 min
@@ -146,8 +146,11 @@ def interference_section(models_dir, audits, clients, seconds, warmup, n_audit, 
                         "server_cpu_percent_of_one_core",
                     )
                     row = {"audits": k, "clients": c} | {key: row[key] for key in keep}
-                    print(f"  {k} audits, {c} clients: {row['rate_per_s']:.0f}/s,"
-                          f" {row['latency_ms']}", flush=True)  # fmt: skip
+                    print(
+                        f"  {k} audits, {c} clients: {row['rate_per_s']:.0f}/s,"
+                        f" {row['latency_ms']}",
+                        flush=True,
+                    )
                     out["rows"].append(row)
             out["audits_completed"][str(k)] = streams.finished
     idle = {r["clients"]: r["latency_ms"]["p99"] for r in out["rows"] if r["audits"] == 0}
@@ -190,8 +193,15 @@ def main(argv=None) -> None:
             "sha256": dict(manifest.sha256),
         },
     }
-    keys = ("max_batch", "max_queue_delay_ms", "max_queue", "intra_op_threads",
-            "sampled_concurrency", "sampled_threads", "sampled_batch_size")  # fmt: skip
+    keys = (
+        "max_batch",
+        "max_queue_delay_ms",
+        "max_queue",
+        "intra_op_threads",
+        "sampled_concurrency",
+        "sampled_threads",
+        "sampled_batch_size",
+    )
     report["server_settings"] = {"workers": 1} | {k: getattr(settings, k) for k in keys}
     t_start = time.perf_counter()
     print("bare onnxruntime ...", flush=True)
@@ -208,16 +218,28 @@ def main(argv=None) -> None:
         report["http_certify"] = http_section(server, clients, args.seconds, args.warmup)
         print("wrk: /certify and /v2/models/{name}/infer ...", flush=True)
         report["wrk"] = wrk.wrk_section(
-            server, manifest.name, image.data, clients, args.seconds, args.warmup,
+            server,
+            manifest.name,
+            image.data,
+            clients,
+            args.seconds,
+            args.warmup,
             report["bare_surrogate"]["batch_1"]["images_per_s"],
-        )  # fmt: skip
+        )
         print("Monte-Carlo audits ...", flush=True)
         base = {k: v for k, v in report["bare_base"].items()}
         report["monte_carlo"] = audit_section(server, image, ns, manifest.protocol.n0, base)
     single = report["monte_carlo"]["runs"][-1]["samples_per_s_compute"]
     n_audit = max(1000, int(single * 3.0))  # about 3 s per audit when alone
-    setup = (models_dir, (0, 1, 2, 4), (1, 16), args.seconds, args.warmup, n_audit,
-             manifest.protocol.n0)  # fmt: skip
+    setup = (
+        models_dir,
+        (0, 1, 2, 4),
+        (1, 16),
+        args.seconds,
+        args.warmup,
+        n_audit,
+        manifest.protocol.n0,
+    )
     print("fast path under concurrent audits, audit threads not niced ...", flush=True)
     report["audit_interference_without_nice"] = interference_section(
         *setup, {"ACCSMOOTH_SAMPLED_NICE": "0"}

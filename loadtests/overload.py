@@ -32,8 +32,17 @@ def capacity_from_bench(path: Path) -> float:
 
 def run(url: str, phases: list[tuple[float, float]], timeout: float) -> dict:
     spec = ",".join(f"{rate:.0f}:{seconds:g}" for rate, seconds in phases)
-    command = [sys.executable, "-m", "loadtests.loadgen", url, "--phases", spec, "--timeline",
-               "--timeout", str(timeout)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "loadtests.loadgen",
+        url,
+        "--phases",
+        spec,
+        "--timeline",
+        "--timeout",
+        str(timeout),
+    ]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:

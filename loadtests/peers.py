@@ -63,15 +63,29 @@ class Peer:
 
 PEERS = [
     Peer("litserve", ["litserve==0.2.19"], "litserve_app", body="json_image"),
-    Peer("kserve", ["kserve==0.21.0"], "kserve_app", "/v1/models/accsmooth:predict",
-         "kserve_v1"),
-    Peer("bentoml", ["bentoml==1.4.40"], "bentoml_app", "/certify",
-         env={"BENTOML_DO_NOT_TRACK": "true"}),
-    Peer("ray-serve", ["ray[serve]==2.60.0"], "rayserve_app", "/certify",
-         env={"RAY_USAGE_STATS_ENABLED": "0"}),
-    Peer("triton (pytriton)", ["nvidia-pytriton==0.7.0"], "pytriton_app",
-         "/v2/models/accsmooth/infer", "triton_binary"),
-]  # fmt: skip
+    Peer("kserve", ["kserve==0.21.0"], "kserve_app", "/v1/models/accsmooth:predict", "kserve_v1"),
+    Peer(
+        "bentoml",
+        ["bentoml==1.4.40"],
+        "bentoml_app",
+        "/certify",
+        env={"BENTOML_DO_NOT_TRACK": "true"},
+    ),
+    Peer(
+        "ray-serve",
+        ["ray[serve]==2.60.0"],
+        "rayserve_app",
+        "/certify",
+        env={"RAY_USAGE_STATS_ENABLED": "0"},
+    ),
+    Peer(
+        "triton (pytriton)",
+        ["nvidia-pytriton==0.7.0"],
+        "pytriton_app",
+        "/v2/models/accsmooth/infer",
+        "triton_binary",
+    ),
+]
 
 
 def install(peer: Peer) -> str | None:
@@ -82,8 +96,10 @@ def install(peer: Peer) -> str | None:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", *peer.packages, *COMMON],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         return "pip install failed: " + done.stderr.strip().splitlines()[-1][:200]
     return None
@@ -99,13 +115,24 @@ def request_body(peer: Peer, image: bytes) -> tuple[bytes, dict]:
     if peer.body == "triton_binary":
         # Open Inference Protocol request, the PNG as one BYTES element with Triton's binary-data
         # extension (what tritonclient sends): the JSON header, then the element (4-byte length).
-        header = json.dumps({"inputs": [{
-            "name": "image", "shape": [1, 1], "datatype": "BYTES",
-            "parameters": {"binary_data_size": len(image) + 4},
-        }]}, separators=(",", ":")).encode()  # fmt: skip
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(image) + 4},
+                    }
+                ]
+            },
+            separators=(",", ":"),
+        ).encode()
         body = header + struct.pack("<I", len(image)) + image
-        return body, {"Content-Type": "application/octet-stream",
-                      "Inference-Header-Content-Length": str(len(header))}  # fmt: skip
+        return body, {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
     return image, {"Content-Type": "image/png"}
 
 
@@ -120,8 +147,12 @@ class PeerProcess:
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 [str(python), "-m", f"loadtests.peer_apps.{peer.app}", str(self.port)],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self, path: str, body: bytes, headers: dict, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -177,8 +208,9 @@ def measure_peer(peer: Peer, bundle: Path, image: bytes, args) -> dict:
         row["rss_mib"] = round(server.rss_mb(), 1)
         with tempfile.NamedTemporaryFile(delete=False) as f:
             f.write(body)
-        row["rows"] = wrk.measure(server, peer.path, Path(f.name), args.connections,
-                                  args.seconds, args.warmup, headers)  # fmt: skip
+        row["rows"] = wrk.measure(
+            server, peer.path, Path(f.name), args.connections, args.seconds, args.warmup, headers
+        )
         os.unlink(f.name)
     except (RuntimeError, TimeoutError, OSError) as exc:
         row["skipped"] = f"did not start: {exc}"
@@ -192,8 +224,9 @@ def measure_accsmooth(bundle: Path, image: bytes, args) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".png", delete=False) as f:
         f.write(image)
     with ServerProcess(models) as server:
-        rows = wrk.measure(server, "/certify", Path(f.name), args.connections, args.seconds,
-                           args.warmup)  # fmt: skip
+        rows = wrk.measure(
+            server, "/certify", Path(f.name), args.connections, args.seconds, args.warmup
+        )
         row = {"peer": "accsmooth", "rss_mib": round(server.rss_mb(), 1), "rows": rows}
     os.unlink(f.name)
     return row

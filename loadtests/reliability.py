@@ -53,8 +53,10 @@ def models_dir() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="accsmooth-reliability-")) / "models"
     subprocess.run(
         [sys.executable, "-m", "server.placeholder", str(folder / "placeholder")],
-        cwd=REPO, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 
@@ -394,9 +396,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="shorter phases (a functional run)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
-        "--bundle", type=Path, default=REPO / "models" / "cifar10-sigma0.25",
+        "--bundle",
+        type=Path,
+        default=REPO / "models" / "cifar10-sigma0.25",
         help="trained bundle for the neighbours phase (hybrid needs boundary images)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     models = models_dir()
     default_bundle = single_bundle_dir(args.bundle)

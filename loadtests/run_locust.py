@@ -144,10 +144,11 @@ def main(argv: list[str] | None = None) -> None:
         help="requests/s per fast-path user (0: back to back)",
     )
     parser.add_argument(
-        "--capacity-fraction", type=float,
+        "--capacity-fraction",
+        type=float,
         help="set --user-rate so the users offer this fraction of the /certify capacity"
         " measured by `make bench` (results/bench.json)",
-    )  # fmt: skip
+    )
     parser.add_argument("--max-fail-ratio", type=float, default=0.001)
     parser.add_argument("--max-p95-ms", type=float, default=100.0)
     args = parser.parse_args(argv)
@@ -156,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
         capacity = max(r["rate_per_s"] for r in json.loads(BENCH.read_text())["http_certify"])
         # every user but the audit user offers user_rate images/s (batch users in batches)
         args.user_rate = round(args.capacity_fraction * capacity / (args.users - 1), 2)
-        print(f"capacity {capacity:.0f}/s x {args.capacity_fraction}: {args.users - 1} users"
-              f" at {args.user_rate}/s each")  # fmt: skip
+        print(
+            f"capacity {capacity:.0f}/s x {args.capacity_fraction}: {args.users - 1} users"
+            f" at {args.user_rate}/s each"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / args.name
     env = os.environ | {"ACCSMOOTH_LOAD_USER_RATE": str(args.user_rate), "PYTHONPATH": str(REPO)}

@@ -141,9 +141,14 @@ class ServerProcess:
         preexec = (lambda: _die_with_parent(parent)) if sys.platform == "linux" else None
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(
-                args, cwd=self.code_dir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=preexec,
-            )  # fmt: skip
+                args,
+                cwd=self.code_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=preexec,
+            )
         try:
             self.wait_ready()
         except BaseException:  # not ready, or interrupted (Ctrl-C, a test timeout): no orphan

@@ -15,7 +15,7 @@ def _goal(figure: str, value, goal: str, met: bool | None) -> dict:
 
 
 def goals_table(r: dict) -> list[dict]:
-    """Every goal of issues #2 and #5 with the figure that decides it."""
+    """Every performance goal with the figure that decides it."""
     bare1 = r["bare_surrogate"]["batch_1"]["images_per_s"]
     http = {row["clients"]: row for row in r["http_certify"]}
     goals = []

@@ -73,8 +73,17 @@ def run_wrk(url: str, body: Path, connections: int, seconds: float, headers: dic
         script.write(SCRIPT)
     lines = "\n".join(f"{k}: {v}" for k, v in headers.items())
     env = os.environ | {"WRK_BODY": str(body), "WRK_HEADERS": lines}
-    command = [ensure_wrk(), "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-               "--timeout", "10s", "-s", script.name, url]  # fmt: skip
+    command = [
+        ensure_wrk(),
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        script.name,
+        url,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     os.unlink(script.name)
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
@@ -97,14 +106,24 @@ def run_wrk(url: str, body: Path, connections: int, seconds: float, headers: dic
 def oip_request(image: bytes) -> tuple[bytes, dict]:
     """An Open Inference Protocol infer request for one image with the binary-data extension
     (what tritonclient sends by default), and its headers."""
-    head = json.dumps({
-        "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(image) + 4}}],
-        "parameters": {"binary_data_output": True},
-    }).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(image) + 4},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     body = head + len(image).to_bytes(4, "little") + image
-    headers = {"Content-Type": "application/octet-stream",
-               "Inference-Header-Content-Length": str(len(head))}  # fmt: skip
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }
     return body, headers
 
 
@@ -121,8 +140,11 @@ def measure(
         row["server_cpu_percent_of_one_core"] = round(
             100.0 * (server.cpu_seconds() - cpu0) / wall, 1
         )
-        print(f"  {path} {c} conn: {row['rate_per_s']:.0f}/s p50 {row['p50_ms']:.3f} ms"
-              f" p99 {row['p99_ms']:.2f} ms non-2xx {row['non_2xx']}", file=sys.stderr)  # fmt: skip
+        print(
+            f"  {path} {c} conn: {row['rate_per_s']:.0f}/s p50 {row['p50_ms']:.3f} ms"
+            f" p99 {row['p99_ms']:.2f} ms non-2xx {row['non_2xx']}",
+            file=sys.stderr,
+        )
         rows.append(row)
     return rows
 
@@ -136,8 +158,9 @@ def wrk_section(server, model: str, image: bytes, connections, seconds, warmup, 
         body, headers = oip_request(image)
         oip.write_bytes(body)
         out["certify"] = measure(server, "/certify", png, connections, seconds, warmup)
-        out["oip_infer"] = measure(server, f"/v2/models/{model}/infer", oip, connections,
-                                   seconds, warmup, headers)  # fmt: skip
+        out["oip_infer"] = measure(
+            server, f"/v2/models/{model}/infer", oip, connections, seconds, warmup, headers
+        )
     for row in out["certify"] + out["oip_infer"]:
         row["fraction_of_bare_batch_1"] = round(row["rate_per_s"] / bare_rate, 3)
     return out
@@ -188,20 +211,23 @@ def main(argv=None) -> dict:
     }
     models = single_bundle_dir(bundle)
     log = f"/tmp/accsmooth-wrk-{os.getpid()}.log"
-    server = ServerProcess(models, env=env, workers=args.workers, log_path=log,
-                           code_dir=args.code_dir)  # fmt: skip
+    server = ServerProcess(
+        models, env=env, workers=args.workers, log_path=log, code_dir=args.code_dir
+    )
     with server:
         report["server_rss_mib"] = round(server.rss_mb(), 1)
         connections = [int(c) for c in args.connections.split(",")]
-        report["rows"] = measure(server, args.path, Path(f.name), connections,
-                                 args.seconds, args.warmup)  # fmt: skip
+        report["rows"] = measure(
+            server, args.path, Path(f.name), connections, args.seconds, args.warmup
+        )
         if args.oip:
             body, headers = oip_request(image.data)
             oip = Path(f.name + ".oip")
             oip.write_bytes(body)
             path = f"/v2/models/{read_manifest(bundle).name}/infer"
-            report["oip_rows"] = measure(server, path, oip, connections, args.seconds,
-                                         args.warmup, headers)  # fmt: skip
+            report["oip_rows"] = measure(
+                server, path, oip, connections, args.seconds, args.warmup, headers
+            )
             oip.unlink()
     bare_rate = report["bare_batch_1"]["images_per_s"]
     for row in report["rows"] + report.get("oip_rows", []):

@@ -25,9 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=os.environ.get("ACCSMOOTH_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("ACCSMOOTH_PORT", 8000)))
     parser.add_argument(
-        "--workers", type=int, default=int(os.environ.get("ACCSMOOTH_WORKERS", 1)),
+        "--workers",
+        type=int,
+        default=int(os.environ.get("ACCSMOOTH_WORKERS", 1)),
         help="uvicorn worker processes (each loads every bundle)",
-    )  # fmt: skip
+    )
     parser.add_argument("--models-dir", type=Path, help="overrides ACCSMOOTH_MODELS_DIR")
     parser.add_argument("--default-model", help="overrides ACCSMOOTH_DEFAULT_MODEL")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

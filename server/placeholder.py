@@ -23,9 +23,17 @@ import numpy as np
 from accsmooth.bundle import FORMAT_VERSION, sha256_of
 
 CIFAR10 = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 OPSET = 18
 
 
@@ -128,7 +136,7 @@ def write_bundle(
                 "opset": OPSET,
             },
             "base": {"file": "base.onnx", "input": "images", "output": "logits", "opset": OPSET},
-        },  # fmt: skip
+        },
         "sha256": {f: sha256_of(folder / f) for f in files},
         "exporter": {"tool": "server.placeholder"},
         "evaluation": None,

@@ -76,9 +76,12 @@ def _load(folder: Path, settings: Settings) -> LoadedModel:
         setattr(model, kind, OnnxPredictor(session))
     _warm_up(model, settings.max_batch)
     model.base_samples_per_second = measure_throughput(
-        model.base, manifest.input.shape, sigma=manifest.sigma,
-        num_classes=manifest.num_classes, batch_size=settings.sampled_batch_size,
-    )  # fmt: skip
+        model.base,
+        manifest.input.shape,
+        sigma=manifest.sigma,
+        num_classes=manifest.num_classes,
+        batch_size=settings.sampled_batch_size,
+    )
     return model
 
 
@@ -174,8 +177,11 @@ class ModelRegistry:
         metrics.MODEL_READY.labels(model.name).set(1)
         log.info(
             "bundle %s %s ready: surrogate on %s, base on %s",
-            model.name, model.manifest.version, model.surrogate.provider, model.base.provider,
-        )  # fmt: skip
+            model.name,
+            model.manifest.version,
+            model.surrogate.provider,
+            model.base.provider,
+        )
 
     async def close(self) -> None:
         for model in self.models.values():

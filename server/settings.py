@@ -40,9 +40,11 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(512, ge=1, description="images waiting for the surrogate; 503 beyond")
     inline_max_ms: float = Field(
-        0.5, ge=0.0, le=10.0,
+        0.5,
+        ge=0.0,
+        le=10.0,
         description="run a batch on the event loop when it is expected to take at most this (ms)",
-    )  # fmt: skip
+    )
     max_in_flight: int = Field(
         256, ge=1, description="/certify and /certify/batch requests in progress; 503 beyond"
     )
@@ -59,9 +61,11 @@ class Settings(BaseSettings):
     max_sampled_batch_size: int = Field(4096, ge=1, description="cap on the batch_size query")
 
     graceful_timeout_s: float = Field(
-        10.0, ge=0.0, le=3600.0,
+        10.0,
+        ge=0.0,
+        le=3600.0,
         description="after SIGTERM, seconds audits may still run before they are cancelled (503)",
-    )  # fmt: skip
+    )
 
     # Shadow audits and drift alarm (server.shadow.auditor)
     audit_rate: float = Field(

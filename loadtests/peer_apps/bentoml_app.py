@@ -27,6 +27,15 @@ class CertifyService:
 
 
 if __name__ == "__main__":
-    command = [sys.executable, "-m", "bentoml", "serve", f"{__spec__.name}:CertifyService",
-               "--host", "127.0.0.1", "--port", sys.argv[1]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        f"{__spec__.name}:CertifyService",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        sys.argv[1],
+    ]
     os.execv(sys.executable, command)

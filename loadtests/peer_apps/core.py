@@ -56,11 +56,16 @@ class Certifier:
 
     def _fields(self, cert, probs, started: float) -> dict:
         return {
-            "model": self.m.name, "model_version": self.m.version, "method": "surrogate",
+            "model": self.m.name,
+            "model_version": self.m.version,
+            "method": "surrogate",
             "predicted_class": cert.predicted_class,
             "label": None if cert.abstained else self.m.classes[cert.predicted_class],
-            "abstained": cert.abstained, "certified_radius": cert.radius,
-            "p_a": float(np.max(probs)), "p_a_lower": max(0.0, cert.p_a_lower),
-            "sigma": self.m.sigma, "calibrated": self.m.calibration is not None,
+            "abstained": cert.abstained,
+            "certified_radius": cert.radius,
+            "p_a": float(np.max(probs)),
+            "p_a_lower": max(0.0, cert.p_a_lower),
+            "sigma": self.m.sigma,
+            "calibrated": self.m.calibration is not None,
             "latency_ms": (time.perf_counter() - started) * 1000.0,
-        }  # fmt: skip
+        }

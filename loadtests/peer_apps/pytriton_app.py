@@ -30,11 +30,19 @@ os.environ["LD_LIBRARY_PATH"] = ":".join(
 )
 
 FIELDS = {
-    "model": np.bytes_, "model_version": np.bytes_, "method": np.bytes_,
-    "predicted_class": np.int64, "label": np.bytes_, "abstained": np.bool_,
-    "certified_radius": np.float64, "p_a": np.float64, "p_a_lower": np.float64,
-    "sigma": np.float64, "calibrated": np.bool_, "latency_ms": np.float64,
-}  # fmt: skip
+    "model": np.bytes_,
+    "model_version": np.bytes_,
+    "method": np.bytes_,
+    "predicted_class": np.int64,
+    "label": np.bytes_,
+    "abstained": np.bool_,
+    "certified_radius": np.float64,
+    "p_a": np.float64,
+    "p_a_lower": np.float64,
+    "sigma": np.float64,
+    "calibrated": np.bool_,
+    "latency_ms": np.float64,
+}
 
 
 def infer_function(certifier: Certifier):
@@ -57,8 +65,13 @@ def infer_function(certifier: Certifier):
 def main(port: int) -> None:
     # SIGTERM as Ctrl-C: leaving the `with` stops Triton and removes PyTriton's workspace.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    config = TritonConfig(http_address="127.0.0.1", http_port=port, grpc_address="127.0.0.1",
-                          grpc_port=port + 1, metrics_port=port + 2)  # fmt: skip
+    config = TritonConfig(
+        http_address="127.0.0.1",
+        http_port=port,
+        grpc_address="127.0.0.1",
+        grpc_port=port + 1,
+        metrics_port=port + 2,
+    )
     with Triton(config=config) as triton:
         triton.bind(
             model_name="accsmooth",

@@ -34,8 +34,13 @@ class CertifyDeployment:
 
 def main(port: int) -> None:
     temp = tempfile.mkdtemp(prefix="ray-peer-")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
-             _temp_dir=temp, configure_logging=False)  # fmt: skip
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        _temp_dir=temp,
+        configure_logging=False,
+    )
     stop = threading.Event()  # after ray.init, which installs its own SIGTERM handler
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -90,10 +90,6 @@ class MicroBatcher:
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
     async def submit(self, image: np.ndarray, meta: Any = None, endpoint: str = "/certify"):
         """Queue one image; returns its result from `process`. Overloaded when the queue is full."""
         if self._task is None:
@@ -165,9 +161,9 @@ class MicroBatcher:
             return
         compute = time.perf_counter() - started
         per_image = compute / len(batch)
-        self._per_image = per_image if self._per_image is None else (
-            0.8 * self._per_image + 0.2 * per_image
-        )  # fmt: skip
+        self._per_image = (
+            per_image if self._per_image is None else (0.8 * self._per_image + 0.2 * per_image)
+        )
         metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
         for item, result in zip(batch, results, strict=True):
             metrics.QUEUE_SECONDS.labels(item.endpoint, self.name).observe(started - item.queued_at)

@@ -65,9 +65,15 @@ async def certify_surrogate(
 ) -> SurrogateCertificate:
     """One image's surrogate certificate (the fast path); `shadow` may pick it for an audit."""
     fields = await surrogate_answer(
-        model, data, calibrated=calibrated, resize=resize, decoder=decoder, endpoint=endpoint,
-        started=started, shadow=shadow,
-    )  # fmt: skip
+        model,
+        data,
+        calibrated=calibrated,
+        resize=resize,
+        decoder=decoder,
+        endpoint=endpoint,
+        started=started,
+        shadow=shadow,
+    )
     return SurrogateCertificate(**fields)
 
 
@@ -103,9 +109,14 @@ async def certify_many(
     async def one(index: int, data: bytes) -> SurrogateCertificate:
         try:
             return await certify_surrogate(
-                model, data, calibrated=calibrated, resize=resize, decoder=decoder,
-                endpoint="/certify/batch", started=started,
-            )  # fmt: skip
+                model,
+                data,
+                calibrated=calibrated,
+                resize=resize,
+                decoder=decoder,
+                endpoint="/certify/batch",
+                started=started,
+            )
         except AccsmoothError as exc:
             exc.detail = f"image {index + 1} of {len(images)}: {exc.detail}"
             raise

@@ -85,8 +85,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(request: Request, exc: AccsmoothError) -> JSONResponse:
         status = status_of(exc)
         if status >= 499:  # 499: the client left, worth a line but not a warning
-            log.log(logging.INFO if status == 499 else logging.WARNING, "%s %s -> %d %s: %s",
-                    request.method, request.url.path, status, exc.code, exc.detail)  # fmt: skip
+            log.log(
+                logging.INFO if status == 499 else logging.WARNING,
+                "%s %s -> %d %s: %s",
+                request.method,
+                request.url.path,
+                status,
+                exc.code,
+                exc.detail,
+            )
         body = error_body(exc.code, exc.detail)
         return JSONResponse(body, status_code=status, headers=exc.headers)
 

@@ -153,7 +153,7 @@ def _unsupported(media: str, *, raw_allowed: bool = True) -> UnsupportedMediaTyp
     )
 
 
-async def image_bytes(request: Request, settings: SettingsDep) -> bytes:
+async def image_bytes(request: Request) -> bytes:
     """One image: the multipart file `image`, or the whole body sent as `image/*`."""
     media = _media_type(request)
     if media.startswith("image/"):

@@ -52,10 +52,6 @@ class Unauthorized(AccsmoothError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-class NotFound(AccsmoothError):
-    code = "not_found"
-
-
 class RequestTimeout(AccsmoothError):
     """The client sent its headers or body too slowly; the connection is closed."""
 
@@ -145,7 +141,6 @@ STATUS: dict[type[AccsmoothError], int] = {
     TruncatedImage: 400,
     CorruptImage: 400,
     Unauthorized: 401,
-    NotFound: 404,
     ModelNotFound: 404,
     RequestTimeout: 408,
     BodyTooLarge: 413,

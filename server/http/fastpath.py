@@ -110,14 +110,25 @@ class FastCertify:
             model = state.registry.get(params["model"])
             data = await read_body(receive)
             answer = await surrogate_answer(
-                model, data, calibrated=params["calibrated"], resize=params["resize"],
-                decoder=state.decoder, started=started, shadow=state.shadow,
-            )  # fmt: skip
+                model,
+                data,
+                calibrated=params["calibrated"],
+                resize=params["resize"],
+                decoder=state.decoder,
+                started=started,
+                shadow=state.shadow,
+            )
         except AccsmoothError as exc:
             status = status_of(exc)
             if status >= 499:  # as the app's handler: 499 is worth a line, 5xx a warning
-                log.log(logging.INFO if status == 499 else logging.WARNING, "POST %s -> %d %s: %s",
-                        PATH, status, exc.code, exc.detail)  # fmt: skip
+                log.log(
+                    logging.INFO if status == 499 else logging.WARNING,
+                    "POST %s -> %d %s: %s",
+                    PATH,
+                    status,
+                    exc.code,
+                    exc.detail,
+                )
             body = orjson.dumps(error_body(exc.code, exc.detail))
             await send_json(send, status, body, exc.headers)
             return

@@ -36,11 +36,23 @@ from server.lifecycle import Drain
 
 ENDPOINTS = frozenset(
     {
-        "/certify", "/certify/batch", "/certify/sampled", "/livez", "/readyz", "/models",
-        "/metrics", "/v2/health/live", "/v2/health/ready", "/docs", "/redoc", "/openapi.json", "/",
-        "/audits", "/v2",
+        "/certify",
+        "/certify/batch",
+        "/certify/sampled",
+        "/livez",
+        "/readyz",
+        "/models",
+        "/metrics",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/",
+        "/audits",
+        "/v2",
     }
-)  # fmt: skip
+)
 OIP_MODEL = "/v2/models/"
 
 

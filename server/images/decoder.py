@@ -77,9 +77,11 @@ class Decoder:
         self.budget = PixelBudget(budget_pixels)
         threads = threads or min(4, os.cpu_count() or 1)
         self._executor = ThreadPoolExecutor(
-            threads, thread_name_prefix="decode",
-            initializer=lower_thread_priority, initargs=(niceness,),
-        )  # fmt: skip
+            threads,
+            thread_name_prefix="decode",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
 
     async def decode(self, data: bytes, *, height: int, width: int, resize: bool) -> DecodedImage:
         """`data` as a float32 [3, height, width] image; domain errors as `decode_image`."""

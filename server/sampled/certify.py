@@ -72,16 +72,26 @@ async def certify_sampled(
     seed = params.seed if params.seed is not None else secrets.randbits(63)
     job = SampledJob(params.n0 + params.n)
     run = lambda: monte_carlo(  # noqa: E731
-        model, image.array, n0=params.n0, n=params.n, alpha=params.alpha,
-        batch_size=params.batch_size, seed=seed, job=job,
-    )  # fmt: skip
+        model,
+        image.array,
+        n0=params.n0,
+        n=params.n,
+        alpha=params.alpha,
+        batch_size=params.batch_size,
+        seed=seed,
+        job=job,
+    )
     # AuditQueueFull (429) before any work is done
     pending = pool.submit(run, job, rate_hint=model.base_samples_per_second)
     try:
         served = await certify_decoded(
-            model, image, calibrated=calibrated, endpoint=f"{endpoint}:surrogate",
-            started=time.perf_counter(), record=False,
-        )  # fmt: skip
+            model,
+            image,
+            calibrated=calibrated,
+            endpoint=f"{endpoint}:surrogate",
+            started=time.perf_counter(),
+            record=False,
+        )
         result, queued, compute = await until_disconnected(pending, disconnected)
     except BaseException as exc:
         job.cancel(exc if isinstance(exc, AccsmoothError) else ClientDisconnected("cancelled"))

@@ -64,10 +64,13 @@ def _fallbacks_full(detail: str, retry_after: int) -> Overloaded:
 def fallback_pool(settings: Settings) -> SampledPool:
     """The bounded, niced pool the Monte-Carlo fallbacks run on (503 beyond its queue)."""
     return SampledPool(
-        settings.hybrid_concurrency, settings.hybrid_queue, settings.sampled_nice,
-        name="hybrid Monte-Carlo fallback", full=_fallbacks_full,
+        settings.hybrid_concurrency,
+        settings.hybrid_queue,
+        settings.sampled_nice,
+        name="hybrid Monte-Carlo fallback",
+        full=_fallbacks_full,
         gauges=(metrics.HYBRID_QUEUE_DEPTH, metrics.HYBRID_RUNNING),
-    )  # fmt: skip
+    )
 
 
 async def certify_hybrid(
@@ -98,16 +101,24 @@ async def certify_hybrid(
         if shadow is not None:
             shadow.offer(model, image.array, data, served)
         return HybridCertificate(
-            **served.model_dump(exclude={"method"}), method="surrogate", reason=reason,
+            **served.model_dump(exclude={"method"}),
+            method="surrogate",
+            reason=reason,
             surrogate_p_a_lower=served.p_a_lower,
-        )  # fmt: skip
+        )
     plan = plan_for(model, settings)
     alpha, seed = model.manifest.protocol.alpha, secrets.randbits(63)
     job = SampledJob(plan.n0 + plan.n)
     run = lambda: monte_carlo(  # noqa: E731
-        model, image.array, n0=plan.n0, n=plan.n, alpha=alpha,
-        batch_size=min(settings.sampled_batch_size, plan.n), seed=seed, job=job,
-    )  # fmt: skip
+        model,
+        image.array,
+        n0=plan.n0,
+        n=plan.n,
+        alpha=alpha,
+        batch_size=min(settings.sampled_batch_size, plan.n),
+        seed=seed,
+        job=job,
+    )
     pending = pool.submit(run, job, rate_hint=model.base_samples_per_second)
     try:
         result, _, _ = await until_disconnected(pending, disconnected)
@@ -122,8 +133,15 @@ async def certify_hybrid(
     fields |= {"certified_radius": cert.radius, "p_a_lower": cert.p_a_lower}
     fields |= {"latency_ms": seconds * 1000.0}
     return HybridCertificate(
-        **fields, method="monte_carlo", reason=reason, surrogate_p_a_lower=served.p_a_lower,
-        predicted_class=cert.predicted_class, abstained=cert.abstained,
+        **fields,
+        method="monte_carlo",
+        reason=reason,
+        surrogate_p_a_lower=served.p_a_lower,
+        predicted_class=cert.predicted_class,
+        abstained=cert.abstained,
         label=None if cert.abstained else model.manifest.classes[cert.predicted_class],
-        n0=plan.n0, n=plan.n, alpha=alpha, seed=seed,
-    )  # fmt: skip
+        n0=plan.n0,
+        n=plan.n,
+        alpha=alpha,
+        seed=seed,
+    )

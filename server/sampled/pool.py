@@ -103,9 +103,11 @@ class SampledPool:
         self._full = full or self._queue_full
         self._waiting, self._running = gauges
         self._executor = ThreadPoolExecutor(
-            concurrency, thread_name_prefix=name,
-            initializer=lower_thread_priority, initargs=(niceness,),
-        )  # fmt: skip
+            concurrency,
+            thread_name_prefix=name,
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
         self._jobs: set[SampledJob] = set()  # waiting + running; touched on the event loop only
         self._durations: deque[float] = deque(maxlen=16)
         self._rates: deque[float] = deque(maxlen=16)  # samples per second of recent jobs

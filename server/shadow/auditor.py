@@ -93,9 +93,10 @@ class ShadowAuditor:
             if model.name not in self._windows:
                 cal = model.manifest.calibration
                 self._windows[model.name] = DriftWindow(
-                    self.settings.drift_window, cal.epsilon if cal else None,
+                    self.settings.drift_window,
+                    cal.epsilon if cal else None,
                     self.settings.drift_level,
-                )  # fmt: skip
+                )
             return self._windows[model.name]
 
     def drift(self, model: LoadedModel) -> DriftTest:
@@ -105,10 +106,17 @@ class ShadowAuditor:
         """The drift alarm as /models/{name} shows it."""
         t = self.drift(model)
         return DriftStatus(
-            drifting=t.drifting, audit_rate=self.rate, window=self.settings.drift_window,
-            audits=t.audits, overestimated=t.overestimated, overestimation_rate=t.rate,
-            rate_lower=t.rate_lower, p_value=t.p_value, epsilon=t.epsilon, level=t.level,
-        )  # fmt: skip
+            drifting=t.drifting,
+            audit_rate=self.rate,
+            window=self.settings.drift_window,
+            audits=t.audits,
+            overestimated=t.overestimated,
+            overestimation_rate=t.rate,
+            rate_lower=t.rate_lower,
+            p_value=t.p_value,
+            epsilon=t.epsilon,
+            level=t.level,
+        )
 
     def audits(self, limit: int, model: str | None = None) -> list[AuditRecord]:
         """The newest `limit` results first (optionally of one model)."""
@@ -153,10 +161,16 @@ class ShadowAuditor:
             return session(batch)
 
         result = certify(
-            predict, image, sigma=m.sigma, num_classes=m.num_classes,
-            n0=m.protocol.n0, n=m.protocol.n, alpha=m.protocol.alpha,
-            batch_size=self.settings.sampled_batch_size, rng=np.random.default_rng(seed),
-        )  # fmt: skip
+            predict,
+            image,
+            sigma=m.sigma,
+            num_classes=m.num_classes,
+            n0=m.protocol.n0,
+            n=m.protocol.n,
+            alpha=m.protocol.alpha,
+            batch_size=self.settings.sampled_batch_size,
+            rng=np.random.default_rng(seed),
+        )
         seconds = time.perf_counter() - started
         metrics.SAMPLES.labels(model.name).inc(m.protocol.n0 + m.protocol.n)
         metrics.COMPUTE_SECONDS.labels("shadow-audit", model.name).observe(seconds)
@@ -181,16 +195,27 @@ class ShadowAuditor:
             state = "is DRIFTING" if test.drifting else "no longer drifts"
             log.warning(
                 "model %s %s: %d over-estimations in the last %d shadow audits "
-                "(epsilon %.3g, p = %.2g)", name, state, test.overestimated, test.audits,
-                test.epsilon, test.p_value,
-            )  # fmt: skip
+                "(epsilon %.3g, p = %.2g)",
+                name,
+                state,
+                test.overestimated,
+                test.audits,
+                test.epsilon,
+                test.p_value,
+            )
         mc = MonteCarloSummary(
             predicted_class=cert.predicted_class,
             label=None if cert.abstained else m.classes[cert.predicted_class],
-            abstained=cert.abstained, certified_radius=cert.radius, p_a_lower=cert.p_a_lower,
-            counts=[int(c) for c in result.counts], n0=m.protocol.n0, n=m.protocol.n,
-            alpha=m.protocol.alpha, seed=seed, seconds=seconds,
-        )  # fmt: skip
+            abstained=cert.abstained,
+            certified_radius=cert.radius,
+            p_a_lower=cert.p_a_lower,
+            counts=[int(c) for c in result.counts],
+            n0=m.protocol.n0,
+            n=m.protocol.n,
+            alpha=m.protocol.alpha,
+            seed=seed,
+            seconds=seconds,
+        )
         self.recent.append(
             AuditRecord(
                 model=name,
@@ -201,7 +226,7 @@ class ShadowAuditor:
                 surrogate=served,
                 monte_carlo=mc,
                 agreement=agree,
-            )  # fmt: skip
+            )
         )
         with self._lock:
             self.done += 1

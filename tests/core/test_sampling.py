@@ -39,8 +39,17 @@ def test_counts_match_the_known_class_probability(probe):
 
 def test_certify_bounds_the_true_probability_from_below(probe):
     p0 = norm.cdf((VALUE - THRESHOLD) / SIGMA)
-    result = certify(probe, image(), sigma=SIGMA, num_classes=3, n0=100, n=20_000,
-                     alpha=0.001, batch_size=1000, rng=np.random.default_rng(1))  # fmt: skip
+    result = certify(
+        probe,
+        image(),
+        sigma=SIGMA,
+        num_classes=3,
+        n0=100,
+        n=20_000,
+        alpha=0.001,
+        batch_size=1000,
+        rng=np.random.default_rng(1),
+    )
     cert = result.certificate
     assert cert.predicted_class == 0
     assert cert.p_a_lower == pytest.approx(clopper_pearson_lower(result.counts[0], 20_000, 0.001))
@@ -61,8 +70,17 @@ def test_noise_is_streamed_in_batches_no_larger_than_batch_size(probe):
 
 def test_the_same_seed_reproduces_the_same_counts(probe):
     def run(seed):
-        return certify(probe, image(), sigma=SIGMA, num_classes=3, n0=50, n=2_000,
-                       alpha=0.001, batch_size=256, rng=np.random.default_rng(seed))  # fmt: skip
+        return certify(
+            probe,
+            image(),
+            sigma=SIGMA,
+            num_classes=3,
+            n0=50,
+            n=2_000,
+            alpha=0.001,
+            batch_size=256,
+            rng=np.random.default_rng(seed),
+        )
 
     a, b, c = run(7), run(7), run(8)
     assert np.array_equal(a.counts, b.counts) and np.array_equal(a.counts0, b.counts0)
@@ -72,15 +90,29 @@ def test_the_same_seed_reproduces_the_same_counts(probe):
 def test_certify_given_class_bounds_the_guessed_class_with_every_sample(probe):
     p0 = norm.cdf((VALUE - THRESHOLD) / SIGMA)
     right = certify_given_class(
-        probe, image(), 0, sigma=SIGMA, num_classes=3, n=4000, alpha=0.001, batch_size=500,
+        probe,
+        image(),
+        0,
+        sigma=SIGMA,
+        num_classes=3,
+        n=4000,
+        alpha=0.001,
+        batch_size=500,
         rng=np.random.default_rng(1),
-    )  # fmt: skip
+    )
     assert right.counts.sum() == 4000 and right.counts0.tolist() == [1, 0, 0]
     assert right.certificate.predicted_class == 0
     assert right.certificate.p_a_lower == clopper_pearson_lower(right.counts[0], 4000, 0.001)
     assert right.certificate.p_a_lower < p0  # a valid lower bound (alpha = 0.001)
     wrong = certify_given_class(
-        probe, image(), 1, sigma=SIGMA, num_classes=3, n=4000, alpha=0.001, batch_size=500,
+        probe,
+        image(),
+        1,
+        sigma=SIGMA,
+        num_classes=3,
+        n=4000,
+        alpha=0.001,
+        batch_size=500,
         rng=np.random.default_rng(1),
-    )  # fmt: skip
+    )
     assert wrong.certificate.abstained  # a wrong guess can only abstain, never certify it

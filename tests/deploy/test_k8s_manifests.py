@@ -95,10 +95,19 @@ def test_every_kustomization_renders_and_passes_the_kubernetes_schema(folder: Pa
 
 def test_yamllint_passes_on_every_manifest():
     result = subprocess.run(
-        [sys.executable, "-m", "yamllint", "--strict", "-c", str(DEPLOY / ".yamllint.yaml"),
-         str(DEPLOY)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "yamllint",
+            "--strict",
+            "-c",
+            str(DEPLOY / ".yamllint.yaml"),
+            str(DEPLOY),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

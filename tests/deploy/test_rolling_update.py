@@ -94,8 +94,10 @@ class Load:
                 data = response.read()
                 answer = json.loads(data) if response.status == 200 else {}
                 ok = response.status == 200 and "certified_radius" in answer
-                record = (response.status if ok else f"{response.status} {data[:200]!r}",
-                          answer.get("model_version"))  # fmt: skip
+                record = (
+                    response.status if ok else f"{response.status} {data[:200]!r}",
+                    answer.get("model_version"),
+                )
             except (http.client.HTTPException, OSError) as error:
                 record, conn = (f"error {error!r}", None), None
             with self.lock:
@@ -163,8 +165,10 @@ def test_rolling_a_new_bundle_through_two_replicas_under_load_fails_no_request(t
     versions = [version for _, version in answers]
     first_new = versions.index("2.0.0") if "2.0.0" in versions else None
     last_old = max(i for i, v in enumerate(versions) if v == "1.0.0")
-    print(f"\n{len(answers)} requests answered, {len(failures)} failed; first 2.0.0 answer"
-          f" #{first_new}, last 1.0.0 answer #{last_old}; events: {events}")  # fmt: skip
+    print(
+        f"\n{len(answers)} requests answered, {len(failures)} failed; first 2.0.0 answer"
+        f" #{first_new}, last 1.0.0 answer #{last_old}; events: {events}"
+    )
     bad = [i for i, (status, _) in enumerate(answers) if status != 200]
     haproxy_log = (tmp_path / "haproxy.log").read_text()[-3000:]
     assert failures == [], f"failed answers #{bad[:3]}..#{bad[-3:]}: {failures[:3]}\n{haproxy_log}"

@@ -39,8 +39,10 @@ def write_placeholder(models_dir: Path) -> Path:
     folder = models_dir / PLACEHOLDER
     subprocess.run(
         [sys.executable, "-m", "server.placeholder", str(folder)],
-        cwd=REPO, check=True, capture_output=True,
-    )  # fmt: skip
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return folder
 
 
@@ -110,8 +112,19 @@ def live_server(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCSMOOTH_")}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # `python -m server` makes its own
     full_env |= {"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider"} | (env or {})
-    cmd = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers), "--models-dir", str(models_dir)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--models-dir",
+        str(models_dir),
+    ]
     with _run(cmd, full_env, log, f"http://127.0.0.1:{port}", "/readyz", timeout) as proc:
         yield proc
 
@@ -127,7 +140,12 @@ def live_prometheus(config: Path, data_dir: Path, log: Path, timeout=60.0) -> It
     if binary is None:
         raise FileNotFoundError("prometheus is not installed (Debian: apt-get install prometheus)")
     port = free_port()
-    cmd = [binary, f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
-           f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+    cmd = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
     with _run(cmd, dict(os.environ), log, f"http://127.0.0.1:{port}", "/-/ready", timeout) as p:
         yield p

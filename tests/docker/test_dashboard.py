@@ -1,5 +1,5 @@
 """The Grafana dashboard: valid JSON, up to date with its generator, on the provisioned
-datasource, showing what issue 5 asks for, and querying only metrics (and labels) that
+datasource, showing the panels operations asks for, and querying only metrics (and labels) that
 server/metrics.py declares. The integration test runs every query on a real Prometheus."""
 
 from __future__ import annotations
@@ -107,9 +107,16 @@ def panel_exprs(dashboard, title_part: str) -> str:
     "title, must_contain",
     [
         ("request rate", ["rate(accsmooth_http_requests_total", "by (endpoint)"]),
-        ("fast path latency", ["histogram_quantile(0.5,", "histogram_quantile(0.95,",
-                               "histogram_quantile(0.99,", "accsmooth_request_seconds_bucket",
-                               "by (endpoint, le)"]),
+        (
+            "fast path latency",
+            [
+                "histogram_quantile(0.5,",
+                "histogram_quantile(0.95,",
+                "histogram_quantile(0.99,",
+                "accsmooth_request_seconds_bucket",
+                "by (endpoint, le)",
+            ],
+        ),
         ("audit latency", ["histogram_quantile(0.99,", '"/certify/sampled"']),
         ("batch size", ["accsmooth_batch_size_bucket", "accsmooth_batch_size_sum"]),
         ("abstention", ["accsmooth_abstentions_total", "accsmooth_certificates_total"]),
@@ -117,8 +124,8 @@ def panel_exprs(dashboard, title_part: str) -> str:
         ("agreement", ["accsmooth_audit_same_class_total", "accsmooth_audits_total"]),
         ("over-estimation", ["accsmooth_audit_overestimated_total"]),
     ],
-)  # fmt: skip
-def test_dashboard_shows_what_issue_5_asks_for(dashboard, title, must_contain):
+)
+def test_dashboard_shows_the_panels_operations_needs(dashboard, title, must_contain):
     exprs = panel_exprs(dashboard, title)
     for part in must_contain:
         assert part in exprs, f"{title}: {part!r} missing"

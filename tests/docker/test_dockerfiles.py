@@ -44,8 +44,11 @@ def requirements_of(*extras: str) -> list[str]:
     """What the images' dependency layer installs: the script's output, run as they run it."""
     result = subprocess.run(
         [sys.executable, "docker/requirements.py", *extras],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.split()
 
 

@@ -44,8 +44,12 @@ def healthcheck(port: int) -> subprocess.CompletedProcess:
     env = {"ACCSMOOTH_PORT": str(port), "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, "docker/healthcheck.py"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_healthy_when_readyz_answers_200(stub):

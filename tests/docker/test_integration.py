@@ -97,8 +97,10 @@ def scrape_config(tmp: Path, target: str) -> Path:
     config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(DOCKER / "prometheus" / "rules" / "*.yml")]
     job = config["scrape_configs"][0]
-    job |= {"scrape_timeout": "1s", "static_configs": [{"targets": [target]} | {
-        "labels": job["static_configs"][0]["labels"]}]}  # fmt: skip
+    job |= {
+        "scrape_timeout": "1s",
+        "static_configs": [{"targets": [target]} | {"labels": job["static_configs"][0]["labels"]}],
+    }
     config["scrape_configs"] = [job]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     return tmp / "prometheus.yml"
@@ -195,6 +197,10 @@ def test_container_healthcheck_passes_against_the_live_server(stack):
     port = server.url.rsplit(":", 1)[1]
     result = subprocess.run(
         [sys.executable, "docker/healthcheck.py"],
-        cwd=REPO, env={"ACCSMOOTH_PORT": port}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        cwd=REPO,
+        env={"ACCSMOOTH_PORT": port},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout

@@ -44,8 +44,10 @@ def test_self_references_are_expanded_and_duplicates_dropped():
 
 def test_onnxruntime_gpu_replaces_onnxruntime():
     assert requirements(PYPROJECT, ["server", "gpu"]) == [
-        "numpy>=1.24", "fastapi>=0.110", "onnxruntime-gpu>=1.17",
-    ]  # fmt: skip
+        "numpy>=1.24",
+        "fastapi>=0.110",
+        "onnxruntime-gpu>=1.17",
+    ]
 
 
 def test_an_unknown_extra_is_an_error():

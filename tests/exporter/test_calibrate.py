@@ -112,9 +112,14 @@ def test_cross_fitting_picks_the_bin_count_with_the_best_held_out_accuracy_and_f
     p = Protocol(10_000, 0.001, 0.25)
     calib = _evidence(np.random.default_rng(3), 800)
     fit = fit_rule(
-        calib, p, epsilon=0.01, candidates=(1, 2, 4), selection_fraction=0.0,
-        selection_radii=(0.0, 0.25, 0.5, 0.75), seed=0,
-    )  # fmt: skip
+        calib,
+        p,
+        epsilon=0.01,
+        candidates=(1, 2, 4),
+        selection_fraction=0.0,
+        selection_radii=(0.0, 0.25, 0.5, 0.75),
+        seed=0,
+    )
     assert set(fit.selection) == {1, 2, 4} and all(0 < a < 1 for a in fit.selection.values())
     assert fit.bins == max(fit.selection, key=fit.selection.get)
     assert len(fit.fit_rows) == 800  # every calibration image fits the chosen rule

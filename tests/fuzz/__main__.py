@@ -73,12 +73,26 @@ def run_pass(name: str, env: dict, args, models_dir: Path, out: Path) -> dict:
     """One server, one schemathesis run; returns the figures of the pass."""
     report = out / name
     command = [
-        str(Path(sys.executable).with_name("schemathesis")), "run", "",
-        "--checks", "not_a_server_error,error_body_is_json",
-        "--max-examples", str(args.examples), "--seed", str(args.seed),
-        "--workers", "1", "--request-timeout", "30", "--suppress-health-check", "all",
-        "--report", "json", "--report-dir", str(report),
-    ]  # fmt: skip
+        str(Path(sys.executable).with_name("schemathesis")),
+        "run",
+        "",
+        "--checks",
+        "not_a_server_error,error_body_is_json",
+        "--max-examples",
+        str(args.examples),
+        "--seed",
+        str(args.seed),
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--suppress-health-check",
+        "all",
+        "--report",
+        "json",
+        "--report-dir",
+        str(report),
+    ]
     # Run from the report folder, so that schemathesis's cache lands there, not in the repo.
     st_env = dict(os.environ, SCHEMATHESIS_HOOKS="tests.fuzz.hooks", NO_COLOR="1")
     st_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -118,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             (out / "summary.json").write_text(json.dumps(results, indent=2))
     print("\npass      cases  failures  errors  server tracebacks  answers by status")
     for r in results:
-        print(f"{r['pass']:<9} {r['cases']:>5}  {r['failures']:>8}  {r['errors']:>6}"
-              f"  {r['tracebacks']:>17}  {r['statuses']}")  # fmt: skip
+        print(
+            f"{r['pass']:<9} {r['cases']:>5}  {r['failures']:>8}  {r['errors']:>6}"
+            f"  {r['tracebacks']:>17}  {r['statuses']}"
+        )
     total = sum(r["cases"] for r in results)
     bad = [r for r in results if r["exit_code"] or r["failures"] or r["errors"] or r["tracebacks"]]
     verdict = "FAILED " + ", ".join(r["pass"] for r in bad) if bad else "no 5xx, every error JSON"

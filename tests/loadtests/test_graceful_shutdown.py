@@ -143,5 +143,7 @@ def test_sigterm_under_load_answers_every_accepted_request_and_refuses_new_ones(
     log = server.log()
     assert "Application shutdown complete" in log and "Traceback" not in log, log
     outcomes = {k: sum(r[1] == k for r in after) for k in ("answered", "refused", "dropped")}
-    print(f"\nbefore SIGTERM: {len(before)} sent, {len(lost)} lost; {AUDITS} audits answered 503;"
-          f" after SIGTERM: {outcomes}")  # fmt: skip
+    print(
+        f"\nbefore SIGTERM: {len(before)} sent, {len(lost)} lost; {AUDITS} audits answered 503;"
+        f" after SIGTERM: {outcomes}"
+    )

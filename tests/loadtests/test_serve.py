@@ -52,8 +52,10 @@ def gone(pid: int, timeout: float = 60.0) -> bool:
 def test_a_server_does_not_outlive_a_parent_killed_with_sigkill(models):
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT.format(env=ENV), str(models)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         server_pid = int(parent.stdout.readline())
         assert psutil.Process(server_pid).is_running()

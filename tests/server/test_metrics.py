@@ -65,8 +65,16 @@ def test_audits_count_samples_and_agreement(client):
 
 def test_model_info_names_the_provider_and_readiness(client):
     samples = scrape(client)
-    assert metric(samples, "accsmooth_model_info", model="tiny", graph="surrogate",
-                  provider="CPUExecutionProvider") == 1  # fmt: skip
+    assert (
+        metric(
+            samples,
+            "accsmooth_model_info",
+            model="tiny",
+            graph="surrogate",
+            provider="CPUExecutionProvider",
+        )
+        == 1
+    )
     assert metric(samples, "accsmooth_model_ready", model="tiny") == 1
 
 
@@ -74,6 +82,9 @@ def test_made_up_paths_do_not_grow_label_cardinality(client):
     for i in range(3):
         client.get(f"/nothing/{i}")
     samples = scrape(client)
-    endpoints = {dict(labels)["endpoint"] for (name, labels) in samples
-                 if name == "accsmooth_http_requests_total"}  # fmt: skip
+    endpoints = {
+        dict(labels)["endpoint"]
+        for (name, labels) in samples
+        if name == "accsmooth_http_requests_total"
+    }
     assert "other" in endpoints and not any(e.startswith("/nothing") for e in endpoints)

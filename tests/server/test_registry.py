@@ -75,8 +75,13 @@ def test_missing_files_are_named_in_readyz(make_bundle, start_client, damage, me
 
 def test_a_surrogate_that_outputs_logits_is_refused_at_warm_up(make_bundle, start_client):
     folder = make_bundle()
-    logits = linear_graph(np.zeros((192, 3)), np.array([5.0, 0.0, 0.0]), (3, 8, 8),
-                          softmax=False, names=("images", "probabilities"))  # fmt: skip
+    logits = linear_graph(
+        np.zeros((192, 3)),
+        np.array([5.0, 0.0, 0.0]),
+        (3, 8, 8),
+        softmax=False,
+        names=("images", "probabilities"),
+    )
     onnx.save(logits, folder / "surrogate.onnx")
     rehash(folder)  # a consistent bundle: only warm-up can notice
     status, body = readyz(start_client(folder.parent))

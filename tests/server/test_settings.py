@@ -34,8 +34,10 @@ def test_an_empty_api_key_means_no_key(monkeypatch):
     assert Settings().api_key is None
 
 
-@pytest.mark.parametrize("name,value", [("MAX_BATCH", "0"), ("SAMPLED_CONCURRENCY", "-1"),
-                                        ("MAX_QUEUE_DELAY_MS", "lots")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,value",
+    [("MAX_BATCH", "0"), ("SAMPLED_CONCURRENCY", "-1"), ("MAX_QUEUE_DELAY_MS", "lots")],
+)
 def test_nonsense_values_fail_at_start(monkeypatch, name, value):
     monkeypatch.setenv(f"ACCSMOOTH_{name}", value)
     with pytest.raises(ValidationError):

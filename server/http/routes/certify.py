@@ -51,21 +51,41 @@ Mode = Annotated[
     openapi_extra=IMAGE_BODY,
 )
 async def certify(
-    request: Request, model: ModelDep, data: ImageDep, settings: SettingsDep, shadow: ShadowDep,
-    fallbacks: HybridDep, decoder: DecoderDep, disconnected: DisconnectedDep,
-    calibrated: Calibrated = True, resize: Resize = False, mode: Mode = "surrogate",
-) -> HybridCertificate | SurrogateCertificate:  # fmt: skip
+    request: Request,
+    model: ModelDep,
+    data: ImageDep,
+    settings: SettingsDep,
+    shadow: ShadowDep,
+    fallbacks: HybridDep,
+    decoder: DecoderDep,
+    disconnected: DisconnectedDep,
+    calibrated: Calibrated = True,
+    resize: Resize = False,
+    mode: Mode = "surrogate",
+) -> HybridCertificate | SurrogateCertificate:
     """Certify one image with the surrogate: class and certified L2 radius in one forward pass
     (mode=hybrid: Monte-Carlo answers instead when the surrogate is near the boundary)."""
     if mode == "hybrid":
         check_key_for_hybrid(request, settings)
         return await hybrid.certify_hybrid(
-            model, fallbacks, decoder, data, settings, calibrated=calibrated, resize=resize,
-            shadow=shadow, disconnected=disconnected,
-        )  # fmt: skip
+            model,
+            fallbacks,
+            decoder,
+            data,
+            settings,
+            calibrated=calibrated,
+            resize=resize,
+            shadow=shadow,
+            disconnected=disconnected,
+        )
     return await surrogate.certify_surrogate(
-        model, data, calibrated=calibrated, resize=resize, decoder=decoder, shadow=shadow,
-    )  # fmt: skip
+        model,
+        data,
+        calibrated=calibrated,
+        resize=resize,
+        decoder=decoder,
+        shadow=shadow,
+    )
 
 
 @router.post(
@@ -74,9 +94,12 @@ async def certify(
     openapi_extra=BATCH_BODY,
 )
 async def certify_batch(
-    model: ModelDep, images: ImagesDep, decoder: DecoderDep,
-    calibrated: Calibrated = True, resize: Resize = False,
-) -> list[SurrogateCertificate]:  # fmt: skip
+    model: ModelDep,
+    images: ImagesDep,
+    decoder: DecoderDep,
+    calibrated: Calibrated = True,
+    resize: Resize = False,
+) -> list[SurrogateCertificate]:
     """Certify up to ACCSMOOTH_MAX_BATCH images (repeated multipart `image` fields), in order."""
     return await surrogate.certify_many(
         model, images, calibrated=calibrated, resize=resize, decoder=decoder
@@ -118,6 +141,12 @@ async def certify_sampled(
     )
     check_samples(settings, params.n0, params.n, params.batch_size)
     return await sampled.certify_sampled(
-        model, pool, data, params, calibrated=calibrated, resize=resize, decoder=decoder,
+        model,
+        pool,
+        data,
+        params,
+        calibrated=calibrated,
+        resize=resize,
+        decoder=decoder,
         disconnected=disconnected,
-    )  # fmt: skip
+    )

@@ -198,14 +198,25 @@ async def _certify(request: Request, model, images: list[bytes], params: dict) -
         try:
             if mode == "hybrid":
                 answer = await hybrid.certify_hybrid(
-                    model, state.hybrid, state.decoder, data, state.settings,
-                    calibrated=calibrated, resize=False, shadow=state.shadow,
-                )  # fmt: skip
+                    model,
+                    state.hybrid,
+                    state.decoder,
+                    data,
+                    state.settings,
+                    calibrated=calibrated,
+                    resize=False,
+                    shadow=state.shadow,
+                )
                 return answer.model_dump()
             return await surrogate.surrogate_answer(
-                model, data, calibrated=calibrated, resize=False, decoder=state.decoder,
-                endpoint="/v2/models/{name}/infer", shadow=state.shadow,
-            )  # fmt: skip
+                model,
+                data,
+                calibrated=calibrated,
+                resize=False,
+                decoder=state.decoder,
+                endpoint="/v2/models/{name}/infer",
+                shadow=state.shadow,
+            )
         except AccsmoothError as exc:
             if len(images) > 1:
                 exc.detail = f"image {index + 1} of {len(images)}: {exc.detail}"
@@ -232,8 +243,11 @@ async def infer(name: str, request: Request):
         outputs, binary = encode_outputs(inference, answers)
     except AccsmoothError as exc:
         return _error(exc)
-    response = {"model_name": model.name, "model_version": model.manifest.version,
-                "outputs": outputs}  # fmt: skip
+    response = {
+        "model_name": model.name,
+        "model_version": model.manifest.version,
+        "outputs": outputs,
+    }
     if "id" in inference:
         response["id"] = inference["id"]
     head = orjson.dumps(response)

@@ -58,8 +58,10 @@ def test_unusual_queries_are_left_to_the_route(query):
 def test_plain_queries_are_parsed_as_the_route_parses_them():
     assert fast_query(b"") == {"model": None, "calibrated": True, "resize": False}
     assert fast_query(b"model=tiny&calibrated=No&resize=on&mode=surrogate") == {
-        "model": "tiny", "calibrated": False, "resize": True,
-    }  # fmt: skip
+        "model": "tiny",
+        "calibrated": False,
+        "resize": True,
+    }
 
 
 def test_an_invalid_query_value_still_gets_the_routes_422(client):

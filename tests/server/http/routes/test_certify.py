@@ -287,8 +287,9 @@ def test_a_body_of_thousands_of_parts_is_refused_after_the_batch_size(models_dir
     response = client.post("/certify/batch", content=body, headers=headers)
     assert_error(response, 422, "too_many_images", "more than 3 multipart parts sent")
     fields = (f'--{boundary}\r\ncontent-disposition: form-data; name="f"\r\n\r\nv\r\n') * 5000
-    response = client.post("/certify", content=fields.encode() + b"--b0undary--\r\n",
-                           headers=headers)  # fmt: skip
+    response = client.post(
+        "/certify", content=fields.encode() + b"--b0undary--\r\n", headers=headers
+    )
     assert_error(response, 422, "too_many_images", "at most 1 image per request")
 
 

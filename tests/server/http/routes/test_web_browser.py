@@ -29,9 +29,14 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ROOT = Path(__file__).resolve().parents[4]
 SAMPLES = json.loads((ROOT / "server" / "static" / "samples" / "samples.json").read_text())
 SAMPLE = ROOT / "server" / "static" / "samples" / SAMPLES[0]["file"]
@@ -63,17 +68,30 @@ def server_url(tmp_path):
     if not models:
         models = tmp_path / "models"
         write_bundle(
-            models / "tiny-cifar", classes=CIFAR10, shape=(3, 32, 32), calibration=CALIBRATION,
+            models / "tiny-cifar",
+            classes=CIFAR10,
+            shape=(3, 32, 32),
+            calibration=CALIBRATION,
             protocol={"n0": 50, "n": 2000, "alpha": 0.001},
             base=probe_weights((3, 32, 32), pixel=0, w=100.0, t=0.3, k=10),
-        )  # fmt: skip
+        )
     port = free_port()
     env = os.environ | {"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", str(port), "--models-dir", str(models),
-         "--log-level", "warning"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--port",
+            str(port),
+            "--models-dir",
+            str(models),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
