@@ -27,7 +27,7 @@ from server.sampled.pool import SampledJob, SampledPool, monte_carlo
 
 @dataclass(frozen=True)
 class SampledParams:
-    """Query parameters of one audit, already range-checked."""
+    """Query parameters of one sampled certification, already range-checked."""
 
     n0: int
     n: int
@@ -63,7 +63,7 @@ async def certify_sampled(
     source: str = "request",
     disconnected: Callable[[], Awaitable[None]] | None = None,
 ) -> SampledCertificate:
-    """Monte-Carlo CERTIFY on the audit pool, and its agreement with the surrogate; the audit is
+    """Monte-Carlo CERTIFY on the sampled pool, and its agreement with the surrogate; the audit is
     cancelled as soon as `disconnected()` returns (the client has gone)."""
     endpoint = "/certify/sampled"
     started = time.perf_counter()

@@ -1,11 +1,12 @@
-"""The audit worker pool: Monte-Carlo CERTIFY off the event loop, bounded, cancellable.
+"""The sampled pool: Monte-Carlo CERTIFY off the event loop, bounded, cancellable.
 
-`ACCSMOOTH_SAMPLED_CONCURRENCY` threads run audits; at most `ACCSMOOTH_SAMPLED_QUEUE` more
-wait. Beyond that `SampledPool.submit` raises `AuditQueueFull` at once (429) instead of queueing
-minutes of work; its `Retry-After` is the work admitted (samples not yet drawn) divided by the
-measured rate (samples per second of recent audits, or the base model's rate measured at
-warm-up before any audit has finished). A slot is freed when the audit really ends, not when
-its client stops waiting, so the bound holds even against clients that hang up.
+`ACCSMOOTH_SAMPLED_CONCURRENCY` threads run sampled certifications (`/certify/sampled`); at most
+`ACCSMOOTH_SAMPLED_QUEUE` more wait. Beyond that `SampledPool.submit` raises `AuditQueueFull` at
+once (429) instead of queueing minutes of work; its `Retry-After` is the work admitted (samples
+not yet drawn) divided by the measured rate (samples per second of recent audits, or the base
+model's rate measured at warm-up before any audit has finished). A slot is freed when the audit
+really ends, not when its client stops waiting, so the bound holds even against clients that
+hang up.
 
 Every submitted job is an `SampledJob`: the work checks it before each batch of noisy samples
 (`SampledJob.advance`), so `SampledJob.cancel` stops a queued job at once and a running one within
