@@ -1,8 +1,7 @@
 """report.md's reference points and reproduce line, from the committed presets."""
 
-import tomllib
-
 import pytest
+import tomllib
 
 from exporter.report import CONFIGS, REFERENCE, REFERENCE_NAME, _reference_row, preset_for
 
