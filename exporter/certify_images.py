@@ -4,11 +4,14 @@ Runs `accsmooth.sampling.certify` (the code behind /certify/sampled) on each ima
 bundle's protocol (n0, n, alpha) and a per-image seed (seed, image index), in chunks of `CHUNK`
 images (`exporter.chunk_work.certify_chunk`) on the active executor (`exporter.executor`: every
 local core by default, or Ray). The driver writes each finished chunk to
-`<out_dir>/chunk_XXXXX.npz` (tmp + rename); a rerun skips finished chunks.
+`<out_dir>/chunk_XXXXX.npz` (tmp + rename) with the sha256 of its images; a rerun skips
+finished chunks whose images are the same, so a set that grows at its end (more calibration
+images) only certifies the new ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,18 @@ class MonteCarloSet:
     seconds: np.ndarray  # [M] wall time of CERTIFY per image
 
 
+def images_digest(images_uint8: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images_uint8).tobytes()).hexdigest()
+
+
+def finished(chunk: Path, digest: str) -> bool:
+    """A chunk file exists and was certified on these very images."""
+    if not chunk.exists():
+        return False
+    with np.load(chunk) as saved:
+        return "images_sha256" in saved.files and str(saved["images_sha256"]) == digest
+
+
 def certify_all(
     base_onnx: Path,
     images_uint8: np.ndarray,
@@ -52,17 +67,17 @@ def certify_all(
         "alpha": bundle.alpha,
         "sigma": bundle.sigma,
         "seed": seed,
-        "images": len(images_uint8),
         "base_sha256": sha256_of(Path(base_onnx)),  # the same model, not only the same protocol
     }
     executor.claim_folder(out_dir, protocol)
     starts = range(0, len(images_uint8), CHUNK)
     shared = dict(seed=seed, sigma=bundle.sigma, n0=bundle.n0, n=bundle.n, alpha=bundle.alpha)
     shared["batch_size"] = batch_size
+    digests = [images_digest(images_uint8[start : start + CHUNK]) for start in starts]
     todo = [
         (index, {"images_uint8": images_uint8[start : start + CHUNK], "first": start} | shared)
         for index, start in enumerate(starts)
-        if not (out_dir / f"chunk_{index:05d}.npz").exists()
+        if not finished(out_dir / f"chunk_{index:05d}.npz", digests[index])
     ]
     with executor.active() as ex:
         if todo:
@@ -70,7 +85,7 @@ def certify_all(
         results = ex.map(chunk_work.certify_chunk, Path(base_onnx), todo)
         for index, arrays in tqdm(results, total=len(todo), desc=desc, mininterval=30):
             path = out_dir / f"chunk_{index:05d}.npz"
-            np.savez(path.with_suffix(".tmp.npz"), **arrays)
+            np.savez(path.with_suffix(".tmp.npz"), **arrays, images_sha256=digests[index])
             path.with_suffix(".tmp.npz").replace(path)
     parts = [np.load(out_dir / f"chunk_{i:05d}.npz") for i in range(len(starts))]
     counts0 = np.concatenate([p["counts0"] for p in parts])

@@ -22,7 +22,7 @@ import pytest
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from exporter import __main__ as cli
 from exporter import data, targets
-from exporter.certify_images import certify_all
+from exporter.certify_images import certify_all, images_digest
 from exporter.executor import LocalExecutor, cores, using
 from tests.exporter.conftest import ROOT, SMOKE
 
@@ -90,6 +90,28 @@ def test_a_certify_run_resumes_from_its_finished_chunks(smoke_run, one_process, 
     _assert_same_counts(resumed, mc)
     _assert_same_counts(resumed, first)
     assert np.array_equal(resumed.seconds[:10], first.seconds[:10])  # read back, not recomputed
+
+
+def test_a_grown_image_set_certifies_only_its_new_chunks(smoke_run, one_process, tmp_path):
+    """More images at the end reuse the finished chunks; a chunk whose images changed is
+    certified again (each chunk file carries the sha256 of its images)."""
+    cfg, work, _ = smoke_run
+    _, mc = one_process
+    images = data.load(work).calib.images
+    kw = dict(batch_size=cfg.calibrate.batch_size, seed=cfg.calibrate.seed, desc="mc")
+    out = tmp_path / "mc"
+    with using(LocalExecutor(1)):
+        certify_all(work / "base.onnx", images[:20], cfg.bundle, out_dir=out, **kw)
+        kept, stale = ((out / f"chunk_0000{i}.npz").stat().st_mtime_ns for i in (0, 1))
+        changed = images[:IMAGES].copy()
+        changed[15] = 255 - changed[15]  # chunk 1 now holds another image
+        grown = certify_all(work / "base.onnx", changed, cfg.bundle, out_dir=out, **kw)
+    assert (out / "chunk_00000.npz").stat().st_mtime_ns == kept
+    assert np.array_equal(grown.counts[:10], mc.counts[:10])
+    assert np.array_equal(grown.counts[20:], mc.counts[20:])  # the new chunk, same seeds
+    assert (out / "chunk_00001.npz").stat().st_mtime_ns != stale  # certified again
+    with np.load(out / "chunk_00001.npz") as chunk:
+        assert str(chunk["images_sha256"]) == images_digest(changed[10:20])
 
 
 def test_a_killed_targets_run_resumes_from_its_finished_chunks(smoke_run, tmp_path):
