@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from accsmooth.smoothing import ShiftRule
@@ -27,6 +28,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# per-image evidence the exporter ships beside the report (labels, Monte-Carlo counts and
+# surrogate outputs of each image set, `<set>_<array>`): every table of report.md is
+# recomputed from it, and the server reads the evaluation images' part to rank bundles by radius
+EVIDENCE = "evidence.npz"
 
 
 class BundleError(ValueError):
@@ -158,6 +163,26 @@ def read_manifest(folder: Path) -> Manifest:
             for e in exc.errors()
         )
         raise BundleError(f"{path}: {problems}") from exc
+
+
+def evaluation_outputs(folder: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels [M], surrogate probabilities [M, K]) of the bundle's evaluation images, from its
+    `EVIDENCE` file; None when the bundle ships none. BundleError when it is unreadable."""
+    path = folder / EVIDENCE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            labels, probs = saved["evaluation_labels"], saved["evaluation_probs"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise BundleError(
+            f"{path}: no readable evaluation_labels/evaluation_probs ({exc})"
+        ) from exc
+    if probs.ndim != 2 or len(labels) != len(probs):
+        raise BundleError(
+            f"{path}: {len(labels)} evaluation labels for probabilities of shape {probs.shape}"
+        )
+    return labels.astype(np.int64), probs.astype(np.float64)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

@@ -164,6 +164,12 @@ def certify_batch(probs, n: int, alpha: float, sigma: float, shifts) -> list[tup
     return out
 
 
+def certified_accuracy(pred, radius, labels, r: float) -> float:
+    """Fraction certified with the true class at radius >= r (Cohen et al.'s definition);
+    `pred` uses -1 for an abstention."""
+    return float(np.mean((pred == labels) & (pred >= 0) & (radius >= r)))
+
+
 RADIUS_TOLERANCE = 1e-12  # radii closer than this are equal: float noise is not an over-claim
 
 

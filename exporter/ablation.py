@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from accsmooth.bundle import read_manifest
+from accsmooth.bundle import EVIDENCE, read_manifest
 from accsmooth.smoothing import ShiftRule
 from exporter.config import load_config
-from exporter.fidelity import EVIDENCE, Evidence, Protocol, fit_configured, load_evidence, tables
+from exporter.fidelity import Evidence, Protocol, fit_configured, load_evidence, tables
 from exporter.report import ablation_table, render
 
 ABLATION_NPZ, ABLATION_JSON = "ablation.npz", "ablation.json"

@@ -19,14 +19,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from accsmooth.bundle import Manifest
+from accsmooth.bundle import EVIDENCE, Manifest
 from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.smoothing import certify_from_probabilities, radius_from_p_lower
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
 from exporter.calibrate import evidence
 from exporter.config import Config
-from exporter.fidelity import EVIDENCE, Protocol, save_evidence, tables
+from exporter.fidelity import Protocol, save_evidence, tables
 from exporter.report import render, write_plot
 
 log = logging.getLogger(__name__)

@@ -40,8 +40,6 @@ from accsmooth.smoothing import (
 )
 from exporter.scoring import accuracy_table, certified_accuracy
 
-EVIDENCE = "evidence.npz"  # the bundle file holding every image set's Evidence
-
 
 @dataclass(frozen=True)
 class Protocol:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def certified_accuracy(pred, radius, labels, r: float) -> float:
-    """Fraction certified with the true class at radius >= r (Cohen et al.'s definition)."""
-    return float(np.mean((pred == labels) & (pred >= 0) & (radius >= r)))
+from accsmooth.smoothing import certified_accuracy
 
 
 def accuracy_table(pred, radius, labels, radii) -> tuple[dict, dict]:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from accsmooth.bundle import read_manifest
+from accsmooth.bundle import EVIDENCE, read_manifest
 from accsmooth.smoothing import ShiftRule
 from exporter import ablation
 from exporter.ablation import ABLATION_JSON
 from exporter.config import load_config
-from exporter.fidelity import EVIDENCE, Protocol, fit_configured, load_evidence, tables
+from exporter.fidelity import Protocol, fit_configured, load_evidence, tables
 from exporter.report import ablation_table
 
 # the report.json keys that come from the evidence alone (speed and environment do not)

@@ -20,13 +20,20 @@ from typing import Literal
 
 import numpy as np
 
-from accsmooth.bundle import BundleError, Manifest, check_graph, read_manifest, verify_files
+from accsmooth.bundle import (
+    BundleError,
+    Manifest,
+    check_graph,
+    evaluation_outputs,
+    read_manifest,
+    verify_files,
+)
 from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.sampling import measure_throughput
 from accsmooth.smoothing import certify_batch
 from server import metrics
 from server.fast.batcher import MicroBatcher
-from server.http.errors import ModelNotFound, ModelNotReady
+from server.http.errors import ModelNotFound, ModelNotReady, RadiusOutOfReach
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,24 @@ class LoadedModel:
     base: OnnxPredictor | None = None
     batcher: MicroBatcher | None = field(default=None, repr=False)
     base_samples_per_second: float = 0.0  # measured at warm-up; sizes hybrid fallbacks
+    # served certificates on the bundle's evaluation images (evidence.npz): the radii of the
+    # correct ones, sorted, and the number of images; what ?radius=R ranks bundles by
+    correct_radii: np.ndarray | None = field(default=None, repr=False)
+    evaluation_images: int = 0
+
+    def served_accuracy(self, radius: float) -> float:
+        """Served (calibrated) certified accuracy at `radius` on the bundle's evaluation images:
+        exact from its evidence; without evidence, the manifest's table at the nearest
+        tabulated radius >= `radius` (a lower bound: accuracy falls with the radius); 0 when
+        neither says."""
+        if self.correct_radii is not None:
+            reached = len(self.correct_radii) - np.searchsorted(self.correct_radii, radius)
+            return float(reached / self.evaluation_images)
+        table = ((self.manifest.evaluation or {}).get("certified_accuracy") or {}).get(
+            "surrogate_calibrated", {}
+        )
+        above = [(float(r), float(a)) for r, a in table.items() if float(r) >= radius]
+        return min(above)[1] if above else 0.0
 
     def certify_batch(self, images: np.ndarray, shifts: list[float]) -> list[tuple]:
         """Surrogate certificates for a batch: (p_a, Certificate) per image, per its shift."""
@@ -65,6 +90,20 @@ def _load(folder: Path, settings: Settings) -> LoadedModel:
         )
     verify_files(folder, manifest)
     model = LoadedModel(manifest.name, folder, manifest=manifest)
+    outputs = evaluation_outputs(folder)
+    if outputs is not None:
+        labels, probs = outputs
+        if probs.shape[1] != manifest.num_classes:
+            raise BundleError(
+                f"{folder / 'evidence.npz'}: evaluation probabilities for {probs.shape[1]} "
+                f"classes, the manifest has {manifest.num_classes}"
+            )
+        p = manifest.protocol
+        certs = certify_batch(probs, p.n, p.alpha, manifest.sigma, [manifest.shift] * len(probs))
+        model.correct_radii = np.sort(
+            [c.radius for (_, c), y in zip(certs, labels, strict=True) if c.predicted_class == y]
+        )
+        model.evaluation_images = len(labels)
     graphs = {"surrogate": settings.fast_runtime(), "base": settings.sampled_runtime()}
     for kind, options in graphs.items():
         spec = getattr(manifest.graphs, kind)
@@ -204,6 +243,22 @@ class ModelRegistry:
             raise ModelNotReady(f"model {name!r} is {model.status}: {model.error or 'loading'}")
         return model
 
+    def for_radius(self, radius: float) -> LoadedModel:
+        """The ready bundle whose served certificates reach `radius` on the largest fraction of
+        its evaluation images (`LoadedModel.served_accuracy`; ties: the default bundle, then
+        the first by name); RadiusOutOfReach when none reaches it on any image."""
+        ready = [m for _, m in sorted(self.models.items()) if m.status == "ready"]
+        if not ready:
+            self.get(None)  # raises what a request without ?radius= would get
+        best = max(ready, key=lambda m: (m.served_accuracy(radius), m.name == self.default_name))
+        if best.served_accuracy(radius) <= 0.0:
+            reach = ", ".join(f"{m.name} (sigma {m.manifest.sigma:g}): {_reach(m)}" for m in ready)
+            raise RadiusOutOfReach(
+                f"no bundle certifies radius {radius:g} on any of its evaluation images; "
+                f"largest served radius per bundle: {reach}"
+            )
+        return best
+
     def ready(self) -> bool:
         return (
             self.loaded
@@ -220,6 +275,13 @@ class ModelRegistry:
 
     def statuses(self) -> dict[str, str]:
         return {name: m.status for name, m in sorted(self.models.items())}
+
+
+def _reach(model: LoadedModel) -> str:
+    """The largest radius a bundle's served certificates reached on its evaluation images."""
+    if model.correct_radii is None:
+        return "no evaluation evidence"
+    return f"{model.correct_radii[-1]:.3f}" if len(model.correct_radii) else "none"
 
 
 def without_paths(detail: str, folder: Path) -> str:

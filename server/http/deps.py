@@ -79,8 +79,21 @@ DisconnectedDep = Annotated[Callable[[], Awaitable[None]], Depends(get_disconnec
 async def get_model(
     registry: RegistryDep,
     model: Annotated[str | None, Query(description="bundle name (default: default bundle)")] = None,
+    radius: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            allow_inf_nan=False,
+            description="the radius you need: the bundle whose served certificates reach it on "
+            "the most of its evaluation images answers (instead of naming a model)",
+        ),
+    ] = None,
 ) -> LoadedModel:
-    return registry.get(model)
+    if radius is None:
+        return registry.get(model)
+    if model is not None:
+        raise InvalidParameter("give model or radius, not both: radius picks the model")
+    return registry.for_radius(radius)
 
 
 ModelDep = Annotated[LoadedModel, Depends(get_model)]

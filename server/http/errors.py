@@ -105,6 +105,12 @@ class ModelNotReady(AccsmoothError):
     code = "model_not_ready"
 
 
+class RadiusOutOfReach(AccsmoothError):
+    """?radius=R: no loaded bundle certifies R on any of its evaluation images."""
+
+    code = "radius_out_of_reach"
+
+
 class Overloaded(AccsmoothError):
     """The fast-path queue is full: shed load now rather than queue without bound."""
 
@@ -150,6 +156,7 @@ STATUS: dict[type[AccsmoothError], int] = {
     MissingImage: 422,
     TooManyImages: 422,
     InvalidParameter: 422,
+    RadiusOutOfReach: 422,
     WrongImageSize: 422,
     AuditQueueFull: 429,
     HeadersTooLarge: 431,

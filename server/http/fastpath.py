@@ -1,22 +1,23 @@
 """POST /certify with a raw image body, answered in front of FastAPI's router.
 
-The common request, a raw `image/*` body with plain query values (`model`, `calibrated`,
-`resize`, `mode=surrogate`), is answered here with the same pipeline and the same answer as
-`server.http.routes.certify`, minus what it does not need: routing, dependency injection, the
-multipart check, pydantic validation of the answer (the route validates it against a union of
-two models) and the standard-library JSON encoder (orjson here). Everything else falls through
-to the route unchanged, decided from the headers and query alone before a byte of the body is
-read: multipart uploads, `mode=hybrid`, a protected /certify (ACCSMOOTH_PROTECT_CERTIFY), a
+The common request, a raw `image/*` body with plain query values (`model` or `radius`,
+`calibrated`, `resize`, `mode=surrogate`), is answered here with the same pipeline and the same
+answer as `server.http.routes.certify`, minus what it does not need: routing, dependency
+injection, the multipart check, pydantic validation of the answer (the route validates it against
+a union of two models) and the standard-library JSON encoder (orjson here). Everything else falls
+through to the route unchanged, decided from the headers and query alone before a byte of the body
+is read: multipart uploads, `mode=hybrid`, a protected /certify (ACCSMOOTH_PROTECT_CERTIFY), a
 repeated, empty, unknown or unusual query value (the route then answers it, or its 422).
 
-The body limit, body deadline, admission limit and HTTP metrics wrap this middleware as they
-wrap the route; their errors, the registry's and the pipeline's are answered by the error
-table (`server.http.errors`) in the same JSON shape and with the same headers as the app's handler.
+The body limit, body deadline, admission limit and HTTP metrics wrap this middleware as they wrap
+the route; their errors, the registry's and the pipeline's are answered by the error table
+(`server.http.errors`) in the same JSON shape and with the same headers as the app's handler.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from urllib.parse import parse_qsl
 
@@ -41,7 +42,7 @@ def _bool(value: str) -> bool | None:
 
 def fast_query(query_string: bytes) -> dict | None:
     """The parameters of a request the fast path answers, or None when the route should."""
-    params = {"model": None, "calibrated": True, "resize": False}
+    params = {"model": None, "radius": None, "calibrated": True, "resize": False}
     seen = set()
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
         if key in seen or not value:
@@ -49,13 +50,28 @@ def fast_query(query_string: bytes) -> dict | None:
         seen.add(key)
         if key == "model":
             params["model"] = value
+        elif key == "radius":
+            params["radius"] = _radius(value)
+            if params["radius"] is None:
+                return None
         elif key in ("calibrated", "resize"):
             params[key] = _bool(value)
             if params[key] is None:
                 return None
         elif key != "mode" or value != "surrogate":
             return None
+    if params["model"] is not None and params["radius"] is not None:
+        return None  # the route's 422: one or the other
     return params
+
+
+def _radius(value: str) -> float | None:
+    """A finite radius >= 0, as the route's Query(ge=0, allow_inf_nan=False) accepts."""
+    try:
+        radius = float(value)
+    except ValueError:
+        return None
+    return radius if math.isfinite(radius) and radius >= 0.0 else None
 
 
 async def read_body(receive: Receive) -> bytes:
@@ -107,7 +123,10 @@ class FastCertify:
         started = time.perf_counter()
         state = self.state
         try:
-            model = state.registry.get(params["model"])
+            if params["radius"] is None:
+                model = state.registry.get(params["model"])
+            else:
+                model = state.registry.for_radius(params["radius"])
             data = await read_body(receive)
             answer = await surrogate_answer(
                 model,

@@ -169,6 +169,15 @@ class ModelSummary(BaseModel):
     input_shape: list[int] | None = None
     calibrated: bool = False
     providers: dict[str, str] = Field({}, description="execution provider per graph")
+    max_certifiable_radius: float | None = Field(
+        None,
+        description="largest radius CERTIFY can give at the bundle's n: sigma Phi^-1(alpha^(1/n))",
+    )
+    served_certified_accuracy: dict[str, float] | None = Field(
+        None,
+        description="served certified accuracy on the bundle's evaluation images by radius "
+        "(what ?radius= ranks bundles by)",
+    )
 
 
 class ModelDetail(ModelSummary):

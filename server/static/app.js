@@ -12,10 +12,27 @@ function headers() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
-async function loadModel() {
+// every ready bundle in the picker, with its noise level and the largest radius CERTIFY can give
+// at its n (a larger sigma reaches larger radii, at some clean accuracy)
+async function listModels() {
   try {
     const list = await (await fetch("/models")).json();
-    const name = list.default;
+    const select = $("model-select");
+    for (const m of list.models.filter((m) => m.status === "ready")) {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = `${m.name} · sigma ${m.sigma} · radius up to ${m.max_certifiable_radius.toFixed(2)}`;
+      option.selected = m.name === list.default;
+      select.append(option);
+    }
+    await loadModel(list.default);
+  } catch (err) {
+    $("model-info").textContent = `could not read /models: ${err}`;
+  }
+}
+
+async function loadModel(name) {
+  try {
     state.model = await (await fetch(`/models/${encodeURIComponent(name)}`)).json();
     const m = state.model;
     const cal = m.calibration ? `calibrated (epsilon ${m.calibration.epsilon})` : "uncalibrated";
@@ -187,7 +204,11 @@ function wireDropZone() {
 $("audit-n").textContent = AUDIT_N.toLocaleString();
 $("audit-button").addEventListener("click", audit);
 $("mode").addEventListener("change", certify);
+$("model-select").addEventListener("change", async (e) => {
+  await loadModel(e.target.value);
+  certify();
+});
 $("calibrated").addEventListener("change", certify);
 wireDropZone();
 showSamples();
-loadModel();
+listModels();

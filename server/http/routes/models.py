@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from accsmooth.smoothing import radius_from_p_lower
 from server.http.deps import RegistryDep, SettingsDep, ShadowDep
 from server.http.errors import ModelNotFound
 from server.http.openapi import ERRORS
@@ -12,6 +13,7 @@ from server.registry import LoadedModel
 from server.sampled.hybrid import plan_for
 
 router = APIRouter(tags=["models"], responses=ERRORS)
+RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # the served accuracy /models shows
 
 
 def _summary(model: LoadedModel, cls=ModelSummary, **extra):
@@ -19,6 +21,10 @@ def _summary(model: LoadedModel, cls=ModelSummary, **extra):
     if m is None:  # failed before its manifest could be read
         return cls(name=model.name, version="?", status=model.status, error=model.error)
     providers = {k: getattr(model, k).provider for k in ("surrogate", "base") if getattr(model, k)}
+    p = m.protocol
+    accuracy = None
+    if model.status == "ready":
+        accuracy = {f"{r:g}": round(model.served_accuracy(r), 4) for r in RADII}
     return cls(
         name=model.name,
         version=m.version,
@@ -30,6 +36,8 @@ def _summary(model: LoadedModel, cls=ModelSummary, **extra):
         input_shape=list(m.input.shape),
         calibrated=m.calibration is not None,
         providers=providers,
+        max_certifiable_radius=round(float(radius_from_p_lower(p.alpha ** (1 / p.n), m.sigma)), 4),
+        served_certified_accuracy=accuracy,
         **extra,
     )
 

@@ -49,19 +49,31 @@ def test_fast_errors_are_the_routes_errors(client, image, params):
 
 @pytest.mark.parametrize(
     "query",
-    [b"mode=hybrid", b"calibrated=maybe", b"calibrated=1&calibrated=0", b"model=", b"x=1"],
+    [
+        b"mode=hybrid",
+        b"calibrated=maybe",
+        b"calibrated=1&calibrated=0",
+        b"model=",
+        b"x=1",
+        b"radius=-1",
+        b"radius=nan",
+        b"radius=big",
+        b"radius=0.5&model=tiny",
+    ],
 )
 def test_unusual_queries_are_left_to_the_route(query):
     assert fast_query(query) is None
 
 
 def test_plain_queries_are_parsed_as_the_route_parses_them():
-    assert fast_query(b"") == {"model": None, "calibrated": True, "resize": False}
+    assert fast_query(b"") == {"model": None, "radius": None, "calibrated": True, "resize": False}
     assert fast_query(b"model=tiny&calibrated=No&resize=on&mode=surrogate") == {
         "model": "tiny",
+        "radius": None,
         "calibrated": False,
         "resize": True,
     }
+    assert fast_query(b"radius=0.25")["radius"] == 0.25
 
 
 def test_an_invalid_query_value_still_gets_the_routes_422(client):

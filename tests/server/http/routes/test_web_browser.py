@@ -75,6 +75,14 @@ def server_url(tmp_path):
             protocol={"n0": 50, "n": 2000, "alpha": 0.001},
             base=probe_weights((3, 32, 32), pixel=0, w=100.0, t=0.3, k=10),
         )
+        write_bundle(  # a second noise level, for the bundle picker
+            models / "tiny-cifar-wide",
+            classes=CIFAR10,
+            shape=(3, 32, 32),
+            sigma=1.0,
+            calibration=CALIBRATION,
+            protocol={"n0": 50, "n": 2000, "alpha": 0.001},
+        )
     port = free_port()
     env = os.environ | {"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider"}
     process = subprocess.Popen(
@@ -149,3 +157,19 @@ def test_a_sample_button_certifies_that_sample(server_url, browser):
     page.wait_for_function("document.getElementById('result-radius').textContent !== '–'")
     assert page.locator(".sample.chosen").get_attribute("data-name") == name
     assert page.is_visible("#preview")
+
+
+def test_the_bundle_picker_lists_each_noise_level_and_switches_bundle(server_url, browser):
+    if os.environ.get("ACCSMOOTH_WEB_MODELS_DIR"):
+        pytest.skip("checks the two test bundles")
+    page = browser.new_page()
+    page.goto(server_url + "/")
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('sigma')")
+    options = page.locator("#model-select option").all_text_contents()
+    assert len(options) == 2
+    assert options[0].startswith("tiny-cifar · sigma 0.25 · radius up to 0.")
+    assert options[1].startswith("tiny-cifar-wide · sigma 1 · radius up to 2.")
+    page.select_option("#model-select", "tiny-cifar-wide")
+    page.wait_for_function(
+        "document.getElementById('model-info').textContent.includes('tiny-cifar-wide')"
+    )
