@@ -1,4 +1,7 @@
-"""The data stage: ImageFolder reading on real CIFAR-10 files and clear errors on bad folders."""
+"""The data stage: ImageFolder reading on real CIFAR-10 files and clear errors on bad folders.
+
+`cifar_root` is the tiny slice under tests/data/cifar10-tiny: 10 images per class and split.
+"""
 
 import numpy as np
 import pytest
@@ -27,15 +30,15 @@ def test_real_cifar_slice_reads_as_one_uint8_array(cifar_root):
 def test_prepare_holds_out_calibration_images_disjoint_from_training(cifar_root, tmp_path):
     cfg = DataConfig(
         root=str(cifar_root),
-        train_per_class=20,
+        train_per_class=10,
         test_per_class=10,
-        calibration_images=50,
+        calibration_images=30,
         eval_every=4,
         eval_images=20,
     )
     data.prepare(cfg, tmp_path)
     ds = data.load(tmp_path)
-    assert len(ds.train.labels) == 150 and len(ds.calib.labels) == 50 and len(ds.eval.labels) == 20
+    assert len(ds.train.labels) == 70 and len(ds.calib.labels) == 30 and len(ds.eval.labels) == 20
     train_rows = {row.tobytes() for row in ds.train.images}
     assert not any(row.tobytes() in train_rows for row in ds.calib.images)
 
