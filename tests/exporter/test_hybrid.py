@@ -10,6 +10,8 @@ from accsmooth.bundle import read_manifest, verify_files
 from accsmooth.sampling import MIN_N
 from exporter import hybrid
 
+pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's bundle (smoke_run)
+
 
 def test_the_report_gains_a_hybrid_section_and_the_manifest_still_verifies(smoke_run):
     _, _, out = smoke_run

@@ -8,6 +8,8 @@ import pytest
 from accsmooth.runtime import OnnxPredictor, make_session
 from exporter.onnx_export import ParityError, export
 
+pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's networks (smoke_run)
+
 
 @pytest.mark.parametrize("kind", ["base", "surrogate"])
 def test_exported_graph_matches_torch_on_real_images(smoke_run, tmp_path, kind):

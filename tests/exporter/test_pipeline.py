@@ -17,6 +17,8 @@ from server.http.app import create_app
 from tests.exporter.conftest import SMOKE
 from tests.server.helpers import settings_for, wait_ready
 
+pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's bundle (smoke_run)
+
 
 def _png(chw_uint8: np.ndarray) -> bytes:
     buf = io.BytesIO()

@@ -9,6 +9,8 @@ import pytest
 
 from exporter import targets
 
+pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's work folder (smoke_run)
+
 
 def _copy_work(src, dst):
     dst.mkdir()

@@ -3,11 +3,14 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from accsmooth.bundle import sha256_of as sha256
 from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import data, train_base
+
+pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's base network (smoke_run)
 
 
 def test_an_imported_base_computes_what_its_onnx_graph_computes(smoke_run, tmp_path):

@@ -104,6 +104,7 @@ def refused_while_alive(server) -> bool:
     return False
 
 
+@pytest.mark.slow  # about 4 s: a server process under load through its grace period
 def test_sigterm_under_load_answers_every_accepted_request_and_refuses_new_ones(server):
     image = solid(230)
     stop = threading.Event()

@@ -70,6 +70,7 @@ def test_a_server_does_not_outlive_a_parent_killed_with_sigkill(models):
     assert not survived, "the server kept running after its parent was killed"
 
 
+@pytest.mark.slow  # about 2 s: a two-worker server process started and stopped
 def test_stop_ends_the_server_and_its_workers(models):
     server = ServerProcess(models, env=ENV, workers=2).start()
     family = [p.pid for p in server.processes()]

@@ -77,6 +77,7 @@ def server(models_dir: Path, tmp_path: Path):
         log.close()
 
 
+@pytest.mark.slow  # about 3 s: a two-worker server process
 def test_two_workers_serve_both_paths_and_every_scrape_sees_all_requests(server):
     base, prom = server
     n = 20

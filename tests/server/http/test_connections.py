@@ -150,6 +150,7 @@ def test_an_audit_is_cancelled_when_its_client_disconnects(server):
     )
 
 
+@pytest.mark.slow  # about 4 s: it watches the server's CPU time for a few seconds
 def test_the_server_burns_no_cpu_once_slow_and_vanishing_clients_are_gone(server):
     """An idle server after every kind of bad client: its CPU time (psutil, process and
     children) barely moves over an idle second, so no timer, watchdog or read loop spins."""
