@@ -1,4 +1,5 @@
-"""The smoothing math: Clopper-Pearson bounds, radii, abstention, served certificates."""
+"""The smoothing math: Clopper-Pearson bounds, radii, abstention, served certificates, and the
+hybrid mode's routing rule."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from accsmooth.smoothing import (
     certify_from_probabilities,
     clopper_pearson_lower,
     fit_conformal_shift,
+    hybrid_route,
     radius_from_p_lower,
     surrogate_p_lower,
 )
@@ -104,3 +106,16 @@ def test_conformal_shift_is_the_right_order_statistic():
     assert fit_conformal_shift(scores, 0.1) == pytest.approx(0.18)
     assert fit_conformal_shift([-0.2, -0.1], 0.5) == 0.0  # never negative
     assert math.isinf(fit_conformal_shift([0.1, 0.2], 0.01))  # too few scores
+
+
+def test_the_route_is_clear_only_beyond_the_margin_on_each_side():
+    assert hybrid_route(0.99, 0.55, 0.05) == "clear_certify"
+    assert hybrid_route(0.99, 0.5499, 0.05) == "boundary"
+    assert hybrid_route(0.45, 0.40, 0.05) == "clear_abstain"
+    assert hybrid_route(0.4501, 0.40, 0.05) == "boundary"
+    routes = hybrid_route(np.array([0.99, 0.5, 0.3]), np.array([0.9, 0.48, 0.2]), 0.05)
+    assert list(routes) == ["clear_certify", "boundary", "clear_abstain"]
+
+
+def test_a_zero_margin_leaves_no_boundary_where_the_surrogate_certifies():
+    assert hybrid_route(0.6, 0.5, 0.0) == "clear_certify"  # p_a_lower >= 1/2 + 0

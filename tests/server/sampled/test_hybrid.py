@@ -1,13 +1,13 @@
 """/certify?mode=hybrid: the surrogate answers clear cases, Monte-Carlo the ones near 1/2, with
-a sample size sized from the base model's measured throughput and ACCSMOOTH_HYBRID_BUDGET_MS."""
+a sample size sized from the base model's measured throughput and ACCSMOOTH_HYBRID_BUDGET_MS.
+The routing rule itself (accsmooth.smoothing.hybrid_route): tests/core/test_smoothing.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from accsmooth.sampling import MIN_N, MIN_N0, SAFETY
-from accsmooth.smoothing import hybrid_route, radius_from_p_lower
+from accsmooth.smoothing import radius_from_p_lower
 from tests.server.helpers import metric, post_image, scrape, solid
 from tests.server.shadow.test_auditor import HONEST_BASE
 
@@ -16,19 +16,6 @@ def hybrid(client, value: int, **params):
     response = post_image(client, solid(value), params={"mode": "hybrid", **params})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def test_the_route_is_clear_only_beyond_the_margin_on_each_side():
-    assert hybrid_route(0.99, 0.55, 0.05) == "clear_certify"
-    assert hybrid_route(0.99, 0.5499, 0.05) == "boundary"
-    assert hybrid_route(0.45, 0.40, 0.05) == "clear_abstain"
-    assert hybrid_route(0.4501, 0.40, 0.05) == "boundary"
-    routes = hybrid_route(np.array([0.99, 0.5, 0.3]), np.array([0.9, 0.48, 0.2]), 0.05)
-    assert list(routes) == ["clear_certify", "boundary", "clear_abstain"]
-
-
-def test_a_zero_margin_leaves_no_boundary_where_the_surrogate_certifies():
-    assert hybrid_route(0.6, 0.5, 0.0) == "clear_certify"  # p_a_lower >= 1/2 + 0
 
 
 @pytest.fixture
