@@ -10,7 +10,15 @@ import pytest
 from scipy.stats import norm
 
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
-from accsmooth.sampling import certify, certify_given_class, sample_counts
+from accsmooth.sampling import (
+    MIN_N,
+    MIN_N0,
+    SAFETY,
+    certify,
+    certify_given_class,
+    fallback_samples,
+    sample_counts,
+)
 from accsmooth.smoothing import clopper_pearson_lower, radius_from_p_lower
 
 SIGMA, THRESHOLD, VALUE = 0.25, 0.5, 0.6
@@ -116,3 +124,12 @@ def test_certify_given_class_bounds_the_guessed_class_with_every_sample(probe):
         rng=np.random.default_rng(1),
     )
     assert wrong.certificate.abstained  # a wrong guess can only abstain, never certify it
+
+
+def test_the_fallback_fits_the_budget_within_the_protocol_and_its_floors():
+    # 100 ms at 100,000 samples/s: 8,000 draws after the safety margin, a twentieth selecting
+    assert fallback_samples(100.0, 100_000.0, 100, 10_000) == (100, 7_900)
+    total = int(0.1 * 20_000 * SAFETY)
+    assert fallback_samples(100.0, 20_000.0, 100, 10_000) == (total // 20, total - total // 20)
+    assert fallback_samples(100.0, 1e9, 100, 10_000) == (100, 10_000)  # never past the protocol
+    assert fallback_samples(1.0, 1_000.0, 100, 10_000) == (MIN_N0, MIN_N)  # nor below the floor

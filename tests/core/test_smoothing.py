@@ -16,6 +16,7 @@ from accsmooth.smoothing import (
     clopper_pearson_lower,
     fit_conformal_shift,
     hybrid_route,
+    overestimated,
     radius_from_p_lower,
     surrogate_p_lower,
 )
@@ -119,3 +120,12 @@ def test_the_route_is_clear_only_beyond_the_margin_on_each_side():
 
 def test_a_zero_margin_leaves_no_boundary_where_the_surrogate_certifies():
     assert hybrid_route(0.6, 0.5, 0.0) == "clear_certify"  # p_a_lower >= 1/2 + 0
+
+
+def test_overestimation_is_a_larger_radius_on_the_same_class_or_another_certified_class():
+    assert overestimated(3, 0.5, 3, 0.4) and not overestimated(3, 0.4, 3, 0.5)
+    assert not overestimated(3, 0.4 + 1e-13, 3, 0.4)  # float noise is not an over-claim
+    assert overestimated(1, 0.1, 2, 0.9) and overestimated(1, 0.1, -1, 0.0)  # MC abstained
+    assert not overestimated(-1, 0.0, 2, 0.9)  # an abstention never over-claims
+    over = overestimated(np.array([3, -1, 1]), np.array([0.5, 0, 0.1]), np.array([3, 2, 1]), 0.2)
+    assert over.tolist() == [True, False, False]
