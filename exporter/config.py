@@ -121,6 +121,18 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class HybridConfig:
+    # the defaults are the server's (ACCSMOOTH_HYBRID_MARGIN, ACCSMOOTH_HYBRID_BUDGET_MS), so
+    # the report measures what /certify?mode=hybrid serves out of the box
+    margin: float = 0.05  # surrogate answers when its bound is this far from 1/2 (probability)
+    budget_ms: float = 100.0  # Monte-Carlo fallback time budget per image, in milliseconds
+    batch_size: int = 256  # noisy images per onnxruntime call (throughput, fallback CERTIFY)
+    # table radii (L2, pixel units); each one also in evaluate.radii (the rows beside it)
+    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    seed: int = 0  # the fallback CERTIFY of image i draws its noise from seed [seed, i]
+
+
+@dataclass(frozen=True)
 class Config:
     bundle: BundleConfig = field(default_factory=BundleConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -130,6 +142,7 @@ class Config:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,13 +1,16 @@
 """Stage 8, hybrid: how /certify?mode=hybrid does on the bundle's evaluation images.
 
-    python -m exporter.hybrid models/cifar10-sigma0.25 --work work/cifar10-sigma0.25
+    python -m exporter.hybrid models/cifar10-sigma0.25 --work work/cifar10-sigma0.25 \
+        --config exporter/configs/cifar10-cpu.toml          # [hybrid] of the preset, else defaults
     python -m exporter run --config ... --out models/x --stage hybrid      # the same, as a stage
 
+Settings: the preset's `[hybrid]` section (`exporter.config.HybridConfig`: margin, budget_ms,
+batch_size, radii, seed; its defaults are the server's); `--margin` and `--budget-ms` override.
 Runs after `evaluate` and reads, never writes, the work folder (data.npz for the evaluation
 images; eval_mc/ for the full-protocol Monte-Carlo results, when complete). For every image it
-applies the server's routing rule (`accsmooth.smoothing.hybrid_route`, margin `--margin`) to the
+applies the server's routing rule (`accsmooth.smoothing.hybrid_route`, the margin) to the
 surrogate's calibrated output; images on the boundary get a real CERTIFY on the base model with
-the (n0, n) the server would pick for `--budget-ms` (`accsmooth.sampling.fallback_samples`, from
+the (n0, n) the server would pick for the budget (`accsmooth.sampling.fallback_samples`, from
 the base-model throughput measured here on one onnxruntime thread, like the server's audit
 session). It reports how often each method answers, the hybrid's certified accuracy at the
 report's radii (next to the surrogate's and Monte-Carlo's), its over-estimations against the
@@ -19,6 +22,7 @@ rehashes the manifest; nothing else of the report is recomputed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -32,15 +36,12 @@ from accsmooth.sampling import certify, certify_given_class, fallback_samples, m
 from accsmooth.smoothing import certify_from_probabilities, hybrid_route, overestimated
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
+from exporter.config import HybridConfig, load_config
 from exporter.fidelity import monte_carlo_certificates
 from exporter.report import render
 from exporter.scoring import accuracy_table
 
 log = logging.getLogger(__name__)
-MARGIN = 0.05  # ACCSMOOTH_HYBRID_MARGIN's default
-BUDGET_MS = 100.0  # ACCSMOOTH_HYBRID_BUDGET_MS's default
-RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-SEED = 0
 # how the fallback CERTIFY picks cA: its own n0 selection draws (what the server runs), or the
 # surrogate's class with all n0 + n samples bounding pA; the report compares the two
 GUESSES = ("selection_round", "surrogate_class")
@@ -71,8 +72,9 @@ def percentiles(ms: np.ndarray) -> dict:
     }
 
 
-def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
+def evaluate(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> dict:
     """The hybrid section of the report (see the module docstring)."""
+    margin, budget_ms, batch = cfg.margin, cfg.budget_ms, cfg.batch_size
     manifest = read_manifest(bundle)
     sigma, proto = manifest["sigma"], manifest["protocol"]
     n, alpha = proto["n"], proto["alpha"]
@@ -83,7 +85,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
     surrogate = OnnxPredictor(make_session(bundle / manifest["graphs"]["surrogate"]["file"]))
     base = OnnxPredictor(make_session(bundle / manifest["graphs"]["base"]["file"], one_thread))
     k = len(manifest["classes"])
-    rate = measure_throughput(base, x.shape[1:], sigma=sigma, num_classes=k, batch_size=256)
+    rate = measure_throughput(base, x.shape[1:], sigma=sigma, num_classes=k, batch_size=batch)
     n0_fb, n_fb = fallback_samples(budget_ms, rate, proto["n0"], n)
     mc = full_protocol_mc(work, len(x), alpha, sigma)
     surrogate(x[:1])  # warm
@@ -98,16 +100,16 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
             served = certify_from_probabilities(probs, n, alpha, sigma, shift)[0]
             route = hybrid_route(float(probs.max()), served.p_a_lower, margin)
             if route == "boundary":
-                rng = np.random.default_rng([SEED, i])
+                rng = np.random.default_rng([cfg.seed, i])
                 common = dict(sigma=sigma, num_classes=k, alpha=alpha, rng=rng)
                 if guess == "surrogate_class":  # no selection round: all samples bound pA
                     served = certify_given_class(
                         base, x[i], int(probs.argmax()), n=n0_fb + n_fb,
-                        batch_size=min(256, n0_fb + n_fb), **common,
+                        batch_size=min(batch, n0_fb + n_fb), **common,
                     ).certificate  # fmt: skip
                 else:
                     served = certify(
-                        base, x[i], n0=n0_fb, n=n_fb, batch_size=min(256, n_fb), **common
+                        base, x[i], n0=n0_fb, n=n_fb, batch_size=min(batch, n_fb), **common
                     ).certificate
             ms[i] = 1000.0 * (time.perf_counter() - t0)
             routes.append(route)
@@ -116,7 +118,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
         runs[guess] = (pred, radius, np.array(routes), ms)
     pred, radius, routes, ms = runs["selection_round"]
     mc_answered = routes == "boundary"
-    accuracy, stderr = accuracy_table(pred, radius, labels, RADII)
+    accuracy, stderr = accuracy_table(pred, radius, labels, cfg.radii)
     section = {
         "margin": margin,
         "budget_ms": budget_ms,
@@ -136,7 +138,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
             "surrogate": percentiles(ms[~mc_answered]),
             "monte_carlo": percentiles(ms[mc_answered]),
         },
-        "seed": SEED,
+        "seed": cfg.seed,
     }
     if mc is not None:
         over = overestimated(pred, radius, mc[0], mc[1])
@@ -146,7 +148,7 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
     pred, radius, _, ms = runs["surrogate_class"]
     section["surrogate_class_fallback"] = {
         "n": n0_fb + n_fb,
-        "certified_accuracy": accuracy_table(pred, radius, labels, RADII)[0],
+        "certified_accuracy": accuracy_table(pred, radius, labels, cfg.radii)[0],
         "latency_ms": {"monte_carlo": percentiles(ms[mc_answered])},
     }
     if mc is not None:
@@ -157,9 +159,9 @@ def evaluate(bundle: Path, work: Path, margin: float, budget_ms: float) -> dict:
     return section
 
 
-def run(bundle: Path, work: Path, margin: float = MARGIN, budget_ms: float = BUDGET_MS) -> Path:
+def run(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> Path:
     """Evaluate the hybrid mode and add it to report.json, report.md and the manifest."""
-    section = evaluate(bundle, work, margin, budget_ms)
+    section = evaluate(bundle, work, cfg)
     report_path = bundle / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     report["hybrid"] = section
@@ -170,7 +172,7 @@ def run(bundle: Path, work: Path, margin: float = MARGIN, budget_ms: float = BUD
         "hybrid": {
             "answered_by_surrogate": section["answered_by"]["surrogate"],
             "certified_accuracy": section["certified_accuracy"],
-            "budget_ms": budget_ms,
+            "budget_ms": cfg.budget_ms,
         }
     }
     write_manifest(bundle, manifest)
@@ -178,17 +180,31 @@ def run(bundle: Path, work: Path, margin: float = MARGIN, budget_ms: float = BUD
     return report_path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m exporter.hybrid", description=__doc__)
+def parse_args(argv: list[str] | None = None) -> tuple[Path, Path, HybridConfig]:
+    """(bundle, work, settings): the preset's [hybrid] section, or defaults, then the flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.hybrid",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("bundle", type=Path, help="bundle folder with report.json")
     parser.add_argument("--work", type=Path, required=True, help="the bundle's work folder")
-    parser.add_argument("--margin", type=float, default=MARGIN)
-    parser.add_argument("--budget-ms", type=float, default=BUDGET_MS)
+    parser.add_argument("--config", help="TOML preset whose [hybrid] section to use")
+    parser.add_argument("--margin", type=float, help="overrides hybrid.margin (probability)")
+    parser.add_argument("--budget-ms", type=float, help="overrides hybrid.budget_ms")
     args = parser.parse_args(argv)
+    cfg = load_config(args.config).hybrid
+    flags = {"margin": args.margin, "budget_ms": args.budget_ms}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    return args.bundle, args.work, cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    bundle, work, cfg = parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run(args.bundle, args.work, args.margin, args.budget_ms)
+    run(bundle, work, cfg)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ STAGES = {
     "calibrate": lambda cfg, work, out: calibrate.run(cfg, work),
     "export": lambda cfg, work, out: bundle.run(cfg, work, out),
     "evaluate": lambda cfg, work, out: evaluate.run(cfg, work, out),
-    "hybrid": lambda cfg, work, out: hybrid.run(out, work),
+    "hybrid": lambda cfg, work, out: hybrid.run(out, work, cfg.hybrid),
 }
 
 

@@ -9,6 +9,7 @@ import pytest
 from accsmooth.bundle import read_manifest, verify_files
 from accsmooth.sampling import MIN_N
 from exporter import hybrid
+from exporter.config import HybridConfig
 
 pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's bundle (smoke_run)
 
@@ -33,7 +34,7 @@ def test_the_report_gains_a_hybrid_section_and_the_manifest_still_verifies(smoke
 
 def test_a_wide_margin_sends_images_to_monte_carlo_at_the_budget_size(smoke_run):
     _, work, out = smoke_run
-    h = hybrid.evaluate(out, work, margin=0.49, budget_ms=1.0)
+    h = hybrid.evaluate(out, work, HybridConfig(margin=0.49, budget_ms=1.0))
     assert h["answered_by"]["monte_carlo"] > 0.5
     assert h["fallback_protocol"]["n"] == MIN_N  # 1 ms buys less than the floor
     assert h["latency_ms"]["monte_carlo"]["mean"] > 0
@@ -46,7 +47,7 @@ def test_a_wide_margin_sends_images_to_monte_carlo_at_the_budget_size(smoke_run)
 
 def test_rerunning_replaces_the_section_instead_of_adding_one(smoke_run):
     _, work, out = smoke_run
-    hybrid.run(out, work, budget_ms=5.0)
+    hybrid.run(out, work, HybridConfig(budget_ms=5.0))
     assert (out / "report.md").read_text().count("## Hybrid certification (mode=hybrid)") == 1
     assert json.loads((out / "report.json").read_text())["hybrid"]["budget_ms"] == 5.0
     verify_files(out, read_manifest(out))
