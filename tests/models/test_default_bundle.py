@@ -96,7 +96,7 @@ def test_every_report_table_and_the_shift_are_recomputed_from_the_committed_evid
     assert tables.differences(BUNDLE) == []  # report.json, the ablation and the shift agree
     sets = tables.recompute(BUNDLE)
     assert {name: s["images"] for name, s in sets.items()} == {
-        "calibration": 700,
+        "calibration": 2000,
         "evaluation": 500,
         "holdout": 200,
     }
