@@ -226,7 +226,8 @@ def _hybrid_lines(h: dict, report: dict) -> list[str]:
         f"Monte-Carlo-answered {fmt(lat['monte_carlo'])}.",
         "",
         f"Reproduce: `python -m exporter.hybrid models/{report.get('bundle', '<bundle>')} "
-        f"--work work/{report.get('bundle', '<bundle>')} --budget-ms {h['budget_ms']:g}` "
+        f"--work work/{report.get('bundle', '<bundle>')} "
+        f"--config {preset_for(report.get('bundle', ''))} --budget-ms {h['budget_ms']:g}` "
         "(numbers move with the machine's load: the budget is sized from throughput measured "
         "at the start).",
         "",
@@ -337,7 +338,8 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         "calibrate, export, evaluate, hybrid);",
         f"- the ablation: `python -m exporter.ablation models/{r['bundle']} --work <work> "
         "--config <preset> --variant NAME=surrogate.onnx ...` (see docs/results.md);",
-        f"- the hybrid section: `python -m exporter.hybrid models/{r['bundle']} --work <work>`.",
+        f"- the hybrid section: `python -m exporter.hybrid models/{r['bundle']} --work <work> "
+        f"--config {preset_for(r['bundle'])}`.",
         "",
     ]
     path.write_text("\n".join(lines))
