@@ -11,6 +11,8 @@ from scipy.special import ndtri
 from scipy.stats import binom, norm
 
 from accsmooth.smoothing import (
+    ShiftRule,
+    certify_batch,
     certify_from_counts,
     certify_from_probabilities,
     clopper_pearson_lower,
@@ -129,3 +131,40 @@ def test_overestimation_is_a_larger_radius_on_the_same_class_or_another_certifie
     assert not overestimated(-1, 0.0, 2, 0.9)  # an abstention never over-claims
     over = overestimated(np.array([3, -1, 1]), np.array([0.5, 0, 0.1]), np.array([3, 2, 1]), 0.2)
     assert over.tolist() == [True, False, False]
+
+
+RULE = ShiftRule(edges=(0.8, 1.5, 2.4), shifts=(0.48, 0.78, 0.68, 0.45))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, RULE])
+@pytest.mark.parametrize("n", [100, 10_000])
+def test_certify_batch_by_table_is_the_rule_exactly(shift, n):
+    """certify_batch looks certificates up in a table over nA = 0..n: the same values, bit for
+    bit, as certify_from_probabilities, for every count, for halves (rounding) and random rows."""
+    rng = np.random.default_rng(0)
+    counts = np.arange(n + 1) / n
+    halves = (np.arange(n) + 0.5) / n
+    top = np.concatenate([counts, halves, rng.random(500), [0.0, 1.0]]).astype(np.float32)
+    probs = np.stack([top, 1.0 - top], axis=1)
+    probs = np.concatenate([probs, rng.dirichlet(np.ones(10), 200)[:, :2].astype(np.float32)])
+    served = certify_batch(probs, n, 0.001, 0.25, [shift] * len(probs))
+    expected = certify_from_probabilities(probs, n, 0.001, 0.25, shift)
+    assert [cert for _, cert in served] == expected
+    assert [p for p, _ in served] == [float(p) for p in probs.max(axis=1)]
+
+
+def test_certify_batch_certifies_each_row_under_its_own_shift():
+    probs = np.array([[0.9, 0.1], [0.97, 0.03], [0.6, 0.4], [0.99, 0.01]], dtype=np.float32)
+    shifts = [0.0, RULE, 0.3, RULE]
+    served = certify_batch(probs, 10_000, 0.001, 0.25, shifts)
+    for row, shift, (p_a, cert) in zip(probs, shifts, served, strict=True):
+        assert cert == certify_from_probabilities(row[None], 10_000, 0.001, 0.25, shift)[0]
+        assert p_a == float(row.max())
+
+
+def test_certify_batch_without_a_table_for_non_finite_probabilities():
+    probs = np.array([[np.nan, 0.5], [0.9, 0.1]], dtype=np.float32)
+    served = certify_batch(probs, 10_000, 0.001, 0.25, [0.0, 0.0])
+    expected = certify_from_probabilities(probs, 10_000, 0.001, 0.25, 0.0)
+    assert served[1][1] == expected[1]
+    assert served[0][1].abstained and expected[0].abstained
