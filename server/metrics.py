@@ -178,6 +178,20 @@ MODEL_READY = Gauge(
 )
 
 
+_CHILDREN: dict = {}
+
+
+def child(metric, *values: str):
+    """`metric.labels(*values)`, looked up in a dict after the first call: `labels()` checks and
+    locks on every call, a few microseconds each, several times per /certify request. Only for
+    label values from a bounded set (endpoints, model names, status codes, reasons)."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
+
+
 # prometheus_client chose its value store when it was imported, just before this line: read
 # the variable once, here, so that later changes to the environment cannot disagree with it.
 _MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None

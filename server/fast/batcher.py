@@ -164,9 +164,11 @@ class MicroBatcher:
         self._per_image = (
             per_image if self._per_image is None else (0.8 * self._per_image + 0.2 * per_image)
         )
-        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        metrics.child(metrics.BATCH_SIZE, self.name).observe(len(batch))
         for item, result in zip(batch, results, strict=True):
-            metrics.QUEUE_SECONDS.labels(item.endpoint, self.name).observe(started - item.queued_at)
-            metrics.COMPUTE_SECONDS.labels(item.endpoint, self.name).observe(compute)
+            metrics.child(metrics.QUEUE_SECONDS, item.endpoint, self.name).observe(
+                started - item.queued_at
+            )
+            metrics.child(metrics.COMPUTE_SECONDS, item.endpoint, self.name).observe(compute)
             if not item.future.done():
                 item.future.set_result(result)

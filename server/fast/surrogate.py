@@ -44,12 +44,12 @@ def _radius_space(model: LoadedModel, image: DecodedImage) -> str:
 def record_certificate(
     endpoint: str, model: str, method: str, cert: Certificate, seconds: float
 ) -> None:
-    metrics.REQUEST_SECONDS.labels(endpoint, model).observe(seconds)
-    metrics.CERTIFICATES.labels(endpoint, model, method).inc()
+    metrics.child(metrics.REQUEST_SECONDS, endpoint, model).observe(seconds)
+    metrics.child(metrics.CERTIFICATES, endpoint, model, method).inc()
     if cert.abstained:
-        metrics.ABSTENTIONS.labels(endpoint, model, method).inc()
+        metrics.child(metrics.ABSTENTIONS, endpoint, model, method).inc()
     else:
-        metrics.RADIUS.labels(endpoint, model, method).observe(cert.radius)
+        metrics.child(metrics.RADIUS, endpoint, model, method).observe(cert.radius)
 
 
 async def certify_surrogate(

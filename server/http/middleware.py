@@ -221,10 +221,10 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
-        in_flight = metrics.IN_FLIGHT.labels(endpoint)
+        in_flight = metrics.child(metrics.IN_FLIGHT, endpoint)
         in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             in_flight.dec()
-            metrics.REQUESTS.labels(endpoint, scope["method"], str(status)).inc()
+            metrics.child(metrics.REQUESTS, endpoint, scope["method"], str(status)).inc()
