@@ -59,6 +59,11 @@ class Peer:
     body: str = "raw"
     note: str = ""
     env: dict = field(default_factory=dict)
+    venv: str = ""  # folder under loadtests/.peers (default: the name)
+
+    @property
+    def folder(self) -> Path:
+        return PEERS_DIR / (self.venv or self.name)
 
 
 PEERS = [
@@ -78,6 +83,14 @@ PEERS = [
         "/certify",
         env={"RAY_USAGE_STATS_ENABLED": "0"},
     ),
+    Peer(  # Serve's default of 5 ongoing requests per replica queues the rest in the proxy
+        "ray-serve (max_ongoing_requests=64)",
+        ["ray[serve]==2.60.0"],
+        "rayserve_app",
+        "/certify",
+        env={"RAY_USAGE_STATS_ENABLED": "0", "PEER_RAY_MAX_ONGOING": "64"},
+        venv="ray-serve",
+    ),
     Peer(
         "triton (pytriton)",
         ["nvidia-pytriton==0.7.0"],
@@ -90,7 +103,7 @@ PEERS = [
 
 def install(peer: Peer) -> str | None:
     """Create the peer's venv and install it; None when ready, else why it failed."""
-    venv = PEERS_DIR / peer.name
+    venv = peer.folder
     python = venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -143,7 +156,7 @@ class PeerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = os.environ | {"PYTHONPATH": str(REPO), "PEER_BUNDLE": str(bundle)} | peer.env
-        python = PEERS_DIR / peer.name / "bin" / "python"
+        python = peer.folder / "bin" / "python"
         with log.open("w") as out:
             self.process = subprocess.Popen(
                 [str(python), "-m", f"loadtests.peer_apps.{peer.app}", str(self.port)],
@@ -202,7 +215,8 @@ def measure_peer(peer: Peer, bundle: Path, image: bytes, args) -> dict:
     if problem:
         return row | {"skipped": problem}
     body, headers = request_body(peer, image)
-    server = PeerProcess(peer, bundle, Path(tempfile.gettempdir()) / f"peer-{peer.name}.log")
+    log = Path(tempfile.gettempdir()) / f"peer-{peer.name.split()[0]}.log"
+    server = PeerProcess(peer, bundle, log)
     try:
         server.wait_ready(peer.path, body, headers)
         row["rss_mib"] = round(server.rss_mb(), 1)
@@ -223,11 +237,12 @@ def measure_accsmooth(bundle: Path, image: bytes, args) -> dict:
     models = single_bundle_dir(bundle)
     with tempfile.NamedTemporaryFile(suffix=".png", delete=False) as f:
         f.write(image)
-    with ServerProcess(models) as server:
+    with ServerProcess(models, workers=args.workers) as server:
         rows = wrk.measure(
             server, "/certify", Path(f.name), args.connections, args.seconds, args.warmup
         )
         row = {"peer": "accsmooth", "rss_mib": round(server.rss_mb(), 1), "rows": rows}
+        row["workers"] = args.workers or "default"
     os.unlink(f.name)
     return row
 
@@ -256,6 +271,7 @@ def main(argv=None) -> None:
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--workers", type=int, help="accsmooth's workers (default: its own)")
     parser.add_argument("--out", type=Path, default=REPO / "loadtests" / "results" / "peers.json")
     args = parser.parse_args(argv)
     args.connections = [int(c) for c in args.connections.split(",")]

@@ -106,7 +106,7 @@ class ServerProcess:
         models_dir: str | os.PathLike = "models",
         *,
         env: dict[str, str] | None = None,
-        workers: int = 1,
+        workers: int | None = 1,  # None: the server's own default
         port: int | None = None,
         log_path: str | os.PathLike | None = None,
         ready_timeout: float = 120.0,
@@ -132,8 +132,7 @@ class ServerProcess:
             "server",
             "--port",
             str(self.port),
-            "--workers",
-            str(self.workers),
+            *(["--workers", str(self.workers)] if self.workers is not None else []),
             "--models-dir",
             str(self.models_dir),
         ]

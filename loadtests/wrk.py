@@ -185,7 +185,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--path", default="/certify")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="default: the server's own default")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
     parser.add_argument("--oip", action="store_true", help="also POST /v2/models/{name}/infer")
     parser.add_argument("--out", type=Path)

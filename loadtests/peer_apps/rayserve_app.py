@@ -6,10 +6,12 @@ proxy on POST /certify with the raw PNG body, answering the certificate's JSON f
 This process is the driver: `ray.init` starts a local cluster kept small for a 2-core machine
 (2 CPUs, no dashboard, a 200 MB object store, its own temporary folder), then Serve's
 controller, proxy and the replica (Serve's defaults: 1 CPU, 5 ongoing requests) run as Ray
-actors. SIGTERM shuts Serve and Ray down; `loadtests.peers` also kills whatever is left of the
-process tree (raylet, gcs_server, workers).
+actors. `PEER_RAY_MAX_ONGOING=N` raises the replica's ongoing-request limit from Serve's 5 (a
+second, labelled row of the bench). SIGTERM shuts Serve and Ray down; `loadtests.peers` also
+kills whatever is left of the process tree (raylet, gcs_server, workers).
 """
 
+import os
 import shutil
 import signal
 import sys
@@ -46,7 +48,11 @@ def main(port: int) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(CertifyDeployment.bind(), route_prefix="/certify")
+        deployment = CertifyDeployment
+        if os.environ.get("PEER_RAY_MAX_ONGOING"):
+            limit = int(os.environ["PEER_RAY_MAX_ONGOING"])
+            deployment = deployment.options(max_ongoing_requests=limit)
+        serve.run(deployment.bind(), route_prefix="/certify")
         stop.wait()
     finally:
         # No serve.shutdown(): under the bench's SIGTERM to the whole process group the Ray
