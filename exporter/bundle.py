@@ -1,9 +1,13 @@
 """Stage 6, export: the model bundle the server serves (format: models/README.md).
 
-Copies the parity-checked `base.onnx` and `surrogate.onnx` from the work folder into the bundle
-folder and writes `manifest.json`: classes, input spec, sigma, protocol, calibration, graph
-names and opsets, exporter config, code revision, and the sha256 of every other file. The
-evaluate stage later adds its report files and summary through `write_manifest`, which rehashes.
+Copies the two networks' ONNX graphs (`train_base.graph`, `train_surrogate.graph`) into the
+bundle folder and writes `manifest.json`: classes, input spec, sigma, protocol, calibration
+(from `calibrate.load`), graph names and opsets, exporter config, code revision, and the sha256
+of every other file. It copies rather than converts: each graph was converted and
+parity-checked by the training stage that made its network, because the Monte-Carlo stages
+before this one sample those very files (see `exporter.onnx_export`); what the bundle ships is
+byte for byte what was certified, calibrated and evaluated. The evaluate stage later adds its
+report files and summary through `write_manifest`, which rehashes.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from pathlib import Path
 import onnx
 
 from accsmooth.bundle import FORMAT_VERSION, Manifest, sha256_of
+from exporter import calibrate, train_base, train_surrogate
 from exporter import data as data_stage
 from exporter.config import Config
-from exporter.onnx_export import OUTPUT_NAMES, ensure_onnx
+from exporter.onnx_export import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +93,11 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     b = cfg.bundle
     check_output_folder(out, b.name)
     ds = data_stage.load(work)
-    calibration = json.loads((work / "calibration.json").read_text())
+    calibration = calibrate.load(work)
+    sources = {"surrogate": train_surrogate.graph(work), "base": train_base.graph(work)}
     out.mkdir(parents=True, exist_ok=True)
     graphs = {}
-    for kind in ("surrogate", "base"):
-        src = ensure_onnx(work, kind, cfg.export, ds.calib.images)
+    for kind, src in sources.items():
         shutil.copyfile(src, out / f"{kind}.onnx")
         opset = next(o.version for o in onnx.load(src).opset_import if o.domain in ("", "ai.onnx"))
         graphs[kind] = {

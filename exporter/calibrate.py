@@ -3,12 +3,14 @@
 On held-out images that neither network saw, compute real CERTIFY results (the bundle's n0, n,
 alpha) on the base model, and the surrogate's raw served bound p_raw for each. A served
 certificate with shift q over-claims when its radius exceeds the Monte-Carlo radius, or when it
-names another class with a positive radius; `server.smoothing.overestimation_scores` turns that
-into one score per image, and the split-conformal quantile of those scores is q:
+names another class with a positive radius; `accsmooth.smoothing.overestimation_scores` turns
+that into one score per image, and the split-conformal quantile of those scores is q:
 for a new image exchangeable with the calibration set, P(over-claim) <= epsilon. With several
 candidate bin counts, one q per bin of the raw bound (Mondrian), chosen and fitted as
 `exporter.fidelity.fit_rule` says.
-Artifact: `<work>/calibration.json` (+ the Monte-Carlo results in `<work>/calib_mc/`).
+Reads the two graphs through `train_base.graph` and `train_surrogate.graph`.
+Artifact: `<work>/calibration.json`, read through `load(work)` (+ the Monte-Carlo results in
+`<work>/calib_mc/`, which the evaluate stage reuses for the report's calibration images).
 """
 
 from __future__ import annotations
@@ -22,12 +24,28 @@ import numpy as np
 from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.smoothing import ShiftRule
 from exporter import data as data_stage
+from exporter import train_base, train_surrogate
 from exporter.certify_images import certify_all
 from exporter.config import Config
 from exporter.fidelity import Evidence, Protocol, fit_configured
-from exporter.onnx_export import ensure_onnx
 
 log = logging.getLogger(__name__)
+ARTIFACT, MONTE_CARLO = "calibration.json", "calib_mc"
+
+
+def load(work: Path) -> dict:
+    """calibration.json as the calibrate stage wrote it (method, epsilon, shift, set_size,
+    images, violation rates, selection, and bin_edges/bin_shifts when binned)."""
+    path = work / ARTIFACT
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the calibrate stage first")
+    return json.loads(path.read_text())
+
+
+def save(work: Path, result: dict) -> Path:
+    path = work / ARTIFACT
+    path.write_text(json.dumps(result, indent=2))
+    return path
 
 
 def surrogate_probabilities(onnx_path: Path, images_uint8: np.ndarray, batch: int = 500):
@@ -38,9 +56,8 @@ def surrogate_probabilities(onnx_path: Path, images_uint8: np.ndarray, batch: in
 
 def evidence(cfg: Config, work: Path, split, name: str, seed: int, surrogate: Path) -> Evidence:
     """Monte-Carlo counts (resumable, in `<work>/<name>`) and surrogate outputs for one split."""
-    base = ensure_onnx(work, "base", cfg.export, split.images)
     mc = certify_all(
-        base,
+        train_base.graph(work),
         split.images,
         cfg.bundle,
         batch_size=cfg.calibrate.batch_size,
@@ -55,8 +72,8 @@ def evidence(cfg: Config, work: Path, split, name: str, seed: int, surrogate: Pa
 def run(cfg: Config, work: Path) -> Path:
     b, c = cfg.bundle, cfg.calibrate
     ds = data_stage.load(work)
-    surrogate = ensure_onnx(work, "surrogate", cfg.export, ds.calib.images)
-    calib, seconds = evidence(cfg, work, ds.calib, "calib_mc", c.seed, surrogate)
+    surrogate = train_surrogate.graph(work)
+    calib, seconds = evidence(cfg, work, ds.calib, MONTE_CARLO, c.seed, surrogate)
     protocol = Protocol(b.n, b.alpha, b.sigma)
     fit = fit_configured(calib, protocol, c)
     binned = isinstance(fit.rule, ShiftRule)
@@ -79,8 +96,7 @@ def run(cfg: Config, work: Path) -> Path:
     }
     if binned:
         result |= {"bin_edges": list(fit.rule.edges), "bin_shifts": list(fit.rule.shifts)}
-    out = work / "calibration.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = save(work, result)
     log.info(
         "calibrate: %s, shifts %s (epsilon %.3f, fitted on %d images); over-claims %.3f raw -> "
         "%.3f",

@@ -50,6 +50,17 @@ def finished(chunk: Path, digest: str) -> bool:
         return "images_sha256" in saved.files and str(saved["images_sha256"]) == digest
 
 
+def saved_counts(out_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(counts0, counts) of the chunks written in `out_dir` so far, in image order; None when
+    there are none."""
+    chunks = sorted(out_dir.glob("chunk_?????.npz"))
+    if not chunks:
+        return None
+    parts = [np.load(path) for path in chunks]
+    counts0 = np.concatenate([p["counts0"] for p in parts])
+    return counts0, np.concatenate([p["counts"] for p in parts])
+
+
 def certify_all(
     base_onnx: Path,
     images_uint8: np.ndarray,

@@ -5,7 +5,8 @@ name as in torchvision's ImageFolder. Images are held as one uint8 array [N,3,H,
 never as per-sample Python objects. On machines with internet, `download_cifar10(root)` writes
 the real CIFAR-10 (canonical archive, checksum-verified) into that layout first.
 
-Artifact: `<work>/data.npz` with train/calib/eval images and labels, and the class names.
+Artifact: `<work>/data.npz` with train/calib/eval images and labels, and the class names,
+read through `load(work)`.
 Calibration images are drawn from train/ and removed from it, so neither network sees them.
 """
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARTIFACT = "data.npz"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 
 
@@ -149,7 +151,7 @@ def prepare(cfg: DataConfig, work: Path) -> Path:
         [np.sort(rest[: cfg.calibration_test_images]), np.sort(rest[wanted : wanted + extra])]
     )
     holdout = np.sort(rest[cfg.calibration_test_images : wanted])
-    out = work / "data.npz"
+    out = work / ARTIFACT
     work.mkdir(parents=True, exist_ok=True)
     np.savez(
         out,
@@ -182,7 +184,7 @@ def prepare(cfg: DataConfig, work: Path) -> Path:
 
 def load(work: Path) -> Dataset:
     """The data.npz artifact of `prepare`."""
-    path = work / "data.npz"
+    path = work / ARTIFACT
     if not path.exists():
         raise DatasetError(f"{path}: missing; run the data stage first")
     d = np.load(path)

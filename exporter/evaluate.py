@@ -7,6 +7,9 @@ writes into the bundle: `evidence.npz` (per-image counts and surrogate outputs o
 calibration, evaluation and hold-out images, from which `python -m exporter.tables` recomputes
 every table), `report.json`, `report.md`, `certified_accuracy.png`, and the manifest's summary.
 Certified accuracy at r: the fraction of images certified with the true class and radius >= r.
+Artifacts in the work folder: the Monte-Carlo results of the evaluation and hold-out images
+(`eval_mc/`, `holdout_mc/`; the calibration images' are the calibrate stage's `calib_mc/`),
+read through `monte_carlo_counts(work, set_name)`.
 """
 
 from __future__ import annotations
@@ -24,14 +27,27 @@ import numpy as np
 from accsmooth.bundle import EVIDENCE, Manifest
 from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.smoothing import certify_from_probabilities, radius_from_p_lower
+from exporter import calibrate
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
 from exporter.calibrate import evidence
+from exporter.certify_images import saved_counts
 from exporter.config import Config
 from exporter.fidelity import Protocol, save_evidence, tables
 from exporter.report import render, write_plot
 
 log = logging.getLogger(__name__)
+MONTE_CARLO = {
+    "calibration": calibrate.MONTE_CARLO,
+    "evaluation": "eval_mc",
+    "holdout": "holdout_mc",
+}
+
+
+def monte_carlo_counts(work: Path, set_name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(counts0 [M,K], counts [M,K]) of the image set's ("calibration", "evaluation",
+    "holdout") Monte-Carlo chunks written so far, in image order; None when there are none."""
+    return saved_counts(work / MONTE_CARLO[set_name])
 
 
 def time_served(surrogate: Path, images_uint8, n: int, alpha: float, sigma: float, shift):
@@ -66,6 +82,8 @@ def environment() -> dict:
 
 
 def run(cfg: Config, work: Path, out: Path) -> Path:
+    from exporter.pipeline import load_timings  # not at the top: the pipeline imports this module
+
     b, c = cfg.bundle, cfg.evaluate
     ds = data_stage.load(work)
     manifest = read_manifest(out)
@@ -74,19 +92,19 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     surrogate = out / "surrogate.onnx"
     protocol = Protocol(b.n, b.alpha, b.sigma)
     sets, seconds = {}, {}
-    for name, split, folder, seed in (
-        ("calibration", ds.calib, "calib_mc", cfg.calibrate.seed),
-        ("evaluation", ds.eval, "eval_mc", c.seed),
-        ("holdout", ds.holdout, "holdout_mc", c.seed + 1),
+    for name, split, seed in (
+        ("calibration", ds.calib, cfg.calibrate.seed),
+        ("evaluation", ds.eval, c.seed),
+        ("holdout", ds.holdout, c.seed + 1),
     ):
         if len(split.labels):
+            folder = MONTE_CARLO[name]
             sets[name], seconds[name] = evidence(cfg, work, split, folder, seed, surrogate)
     save_evidence(out / EVIDENCE, sets)
     results = {name: tables(e, protocol, rule, c.radii) for name, e in sets.items()}
     main = results["evaluation"]
     served_s = time_served(surrogate, ds.eval.images[:200], b.n, b.alpha, b.sigma, rule)
     mc_s = seconds["evaluation"]
-    timings = work / "timings.json"
     report = {
         "bundle": b.name,
         "sigma": b.sigma,
@@ -105,7 +123,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         # and the work folder's stage times as last recorded (a resumed stage records only
         # what it had left to do)
         "monte_carlo_seconds": {name: float(t.sum()) for name, t in seconds.items()},
-        "stage_seconds": json.loads(timings.read_text()) if timings.exists() else {},
+        "stage_seconds": load_timings(work),
         "max_certifiable_radius": float(radius_from_p_lower(b.alpha ** (1 / b.n), b.sigma)),
         "max_radius_at_100k": float(radius_from_p_lower(b.alpha ** (1 / 100_000), b.sigma)),
         "environment": environment(),

@@ -6,17 +6,18 @@
 
 Settings: the preset's `[hybrid]` section (`exporter.config.HybridConfig`: margin, budget_ms,
 batch_size, radii, seed; its defaults are the server's); `--margin` and `--budget-ms` override.
-Runs after `evaluate` and reads, never writes, the work folder (data.npz for the evaluation
-images; eval_mc/ for the full-protocol Monte-Carlo results, when complete). For every image it
-applies the server's routing rule (`accsmooth.smoothing.hybrid_route`, the margin) to the
-surrogate's calibrated output; images on the boundary get a real CERTIFY on the base model with
-the (n0, n) the server would pick for the budget (`accsmooth.sampling.fallback_samples`, from
-the base-model throughput measured here on one onnxruntime thread, like the server's audit
-session). It reports how often each method answers, the hybrid's certified accuracy at the
-report's radii (next to the surrogate's and Monte-Carlo's), its over-estimations against the
-full-protocol Monte-Carlo certificate, and per-image latency (in process, batch 1). Then it
-adds a `hybrid` section to report.json, report.md and the manifest's evaluation summary and
-rehashes the manifest; nothing else of the report is recomputed.
+Runs after `evaluate` and reads, never writes, the work folder (the evaluation images through
+`data.load`; the full-protocol Monte-Carlo results through `evaluate.monte_carlo_counts`, when
+complete). For every image it applies the server's routing rule
+(`accsmooth.smoothing.hybrid_route`, the margin) to the surrogate's calibrated output; images on
+the boundary get a real CERTIFY on the base model with the (n0, n) the server would pick for the
+budget (`accsmooth.sampling.fallback_samples`, from the base-model throughput measured here on
+one onnxruntime thread, like the server's audit session). It reports how often each method
+answers, the hybrid's certified accuracy at the report's radii (next to the surrogate's and
+Monte-Carlo's), its over-estimations against the full-protocol Monte-Carlo certificate, and
+per-image latency (in process, batch 1). Then it adds a `hybrid` section to report.json,
+report.md and the manifest's evaluation summary and rehashes the manifest; nothing else of the
+report is recomputed.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from accsmooth.smoothing import certify_from_probabilities, hybrid_route, overes
 from exporter import data as data_stage
 from exporter.bundle import read_manifest, write_manifest
 from exporter.config import HybridConfig, load_config
+from exporter.evaluate import monte_carlo_counts
 from exporter.fidelity import monte_carlo_certificates
 from exporter.report import render
 from exporter.scoring import accuracy_table
@@ -48,15 +50,12 @@ GUESSES = ("selection_round", "surrogate_class")
 
 
 def full_protocol_mc(work: Path, m: int, alpha: float, sigma: float):
-    """(class or -1, radius) per image from eval_mc/ chunks, or None when they are incomplete."""
-    chunks = sorted((work / "eval_mc").glob("chunk_?????.npz"))
-    if not chunks:
+    """(class or -1, radius) per evaluation image from the evaluate stage's Monte-Carlo
+    results, or None when they are incomplete."""
+    saved = monte_carlo_counts(work, "evaluation")
+    if saved is None or len(saved[1]) != m:
         return None
-    parts = [np.load(path) for path in chunks]
-    counts0 = np.concatenate([p["counts0"] for p in parts])
-    counts = np.concatenate([p["counts"] for p in parts])
-    if len(counts) != m:
-        return None
+    counts0, counts = saved
     pred, _, radius = monte_carlo_certificates(counts0, counts, alpha, sigma)
     return pred, radius
 

@@ -11,6 +11,8 @@ silently live in the normalized space, scaled by 1/std per channel.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -79,6 +81,14 @@ def build(arch: str, widths, num_classes: int, mean, std) -> nn.Sequential:
     else:
         raise ValueError(f"unknown arch {arch!r}; expected 'cnn' or 'resnet110'")
     return nn.Sequential(Normalize(mean, std), body)
+
+
+def from_checkpoint(path: Path) -> nn.Sequential:
+    """The network a training stage saved at `path` (base.pt or surrogate.pt), in eval mode."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    net = build(state["arch"], state["widths"], state["num_classes"], state["mean"], state["std"])
+    net.load_state_dict(state["model"])
+    return net.eval()
 
 
 def channel_stats(images_uint8) -> tuple[list[float], list[float]]:

@@ -5,6 +5,13 @@ the config, one input `images` [B,3,H,W] with a dynamic batch axis. The base gra
 `logits`; the surrogate graph ends in a softmax and outputs `probabilities`. After writing, the
 graph is run in onnxruntime on real images and compared with torch: the export fails when the
 max abs difference exceeds the tolerance (1e-4 by default).
+
+Who converts: the training stage that made a network (`train_base`, `train_surrogate`) saves
+it in both forms, `<kind>.pt` to resume training and `<kind>.onnx` to sample and serve, through
+`write_graph`; the later stages only read the graph, through that stage's `graph(work)`
+(`current_graph`), which refuses a graph older than its checkpoint. The conversion cannot wait
+for the export stage: targets, calibrate and evaluate sample the very graph the bundle ships
+(their Monte-Carlo folders are stamped with its sha256), so it must exist before they run.
 """
 
 from __future__ import annotations
@@ -17,8 +24,8 @@ import numpy as np
 import torch
 
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
+from exporter import models
 from exporter.config import ExportConfig
-from exporter.train_base import build_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +38,7 @@ class ParityError(RuntimeError):
 
 def export(checkpoint: Path, kind: str, out: Path, cfg: ExportConfig, images: np.ndarray) -> float:
     """Write `kind` ("base"|"surrogate") from `checkpoint` to `out`; returns the parity max diff."""
-    net = build_from_checkpoint(checkpoint)
+    net = models.from_checkpoint(checkpoint)
     if kind == "surrogate":
         net = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)).eval()
     example = torch.zeros(1, *images.shape[1:])
@@ -64,11 +71,28 @@ def export(checkpoint: Path, kind: str, out: Path, cfg: ExportConfig, images: np
     return diff
 
 
-def ensure_onnx(work: Path, kind: str, cfg: ExportConfig, images: np.ndarray) -> Path:
-    """`<work>/<kind>.onnx`, (re)exported when missing or older than `<work>/<kind>.pt`."""
-    pt, onnx_path = work / f"{kind}.pt", work / f"{kind}.onnx"
-    if not pt.exists():
-        raise FileNotFoundError(f"{pt}: missing; run the train-{kind} stage first")
-    if not onnx_path.exists() or onnx_path.stat().st_mtime < pt.stat().st_mtime:
-        export(pt, kind, onnx_path, cfg, images)
-    return onnx_path
+def _is_current(checkpoint: Path, graph: Path) -> bool:
+    return graph.exists() and graph.stat().st_mtime >= checkpoint.stat().st_mtime
+
+
+def write_graph(
+    checkpoint: Path, kind: str, graph: Path, cfg: ExportConfig, images: np.ndarray
+) -> Path:
+    """`graph` converted from `checkpoint` (parity-checked on `images`), unless it is already
+    there and not older than the checkpoint (a rerun of a finished stage converts nothing)."""
+    if not _is_current(checkpoint, graph):
+        export(checkpoint, kind, graph, cfg, images)
+    return graph
+
+
+def current_graph(checkpoint: Path, graph: Path, stage: str) -> Path:
+    """`graph`, when it exists and is not older than `checkpoint`; else FileNotFoundError naming
+    the stage that writes both (rerun on a finished network, it only converts)."""
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: missing; run the {stage} stage first")
+    if not _is_current(checkpoint, graph):
+        state = "missing" if not graph.exists() else f"older than {checkpoint.name}"
+        raise FileNotFoundError(
+            f"{graph}: {state}; rerun the {stage} stage (a finished network is only converted)"
+        )
+    return graph

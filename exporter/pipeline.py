@@ -3,10 +3,13 @@
     data -> train-base -> targets -> train-surrogate -> calibrate -> export -> evaluate
     -> hybrid (adds /certify?mode=hybrid's figures to the report)
 
-Work artifacts (data.npz, base.pt, targets/, surrogate.pt, calib_mc/, calibration.json,
-eval_mc/, *.onnx) live in the work folder (default `work/<bundle name>`, git-ignored); only the
-export and evaluate stages write into the bundle folder. Every stage resumes or recomputes from
-the artifacts present, so `--stage NAME` reruns one stage alone.
+Work artifacts (data.npz, base.pt and base.onnx, targets/, surrogate.pt and surrogate.onnx,
+calib_mc/, calibration.json, eval_mc/, holdout_mc/) live in the work folder (default
+`work/<bundle name>`, git-ignored); the export, evaluate and hybrid stages write into the bundle
+folder. Each stage module owns its artifact: it names the files and offers `load(work)` (or
+`graph(work)` for a network's ONNX form) to the stages after it, which never spell another
+stage's file names. Every stage resumes or recomputes from the artifacts present, so
+`--stage NAME` reruns one stage alone.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from exporter import (
 from exporter.config import Config
 
 log = logging.getLogger(__name__)
+TIMINGS = "timings.json"  # seconds per stage, as last run in this work folder
+
+
+def load_timings(work: Path) -> dict:
+    """{stage: seconds} as last recorded in `work` (empty when no stage ran there)."""
+    path = work / TIMINGS
+    return json.loads(path.read_text()) if path.exists() else {}
+
 
 STAGES = {
     "data": lambda cfg, work, out: data.prepare(cfg.data, work),
@@ -47,8 +58,8 @@ def run(cfg: Config, work: Path, out: Path, stages: list[str] | None = None) -> 
     """Run `stages` (default: all, in order); returns and records seconds per stage."""
     bundle.check_output_folder(out, cfg.bundle.name)
     work.mkdir(parents=True, exist_ok=True)
-    timings_path = work / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings_path = work / TIMINGS
+    timings = load_timings(work)
     with executor.active(workers=None) as ex, executor.using(ex):  # every core, for all stages
         for name in stages or list(STAGES):
             log.info("stage %s: start", name)

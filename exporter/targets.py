@@ -13,9 +13,10 @@ Adaptive N (`extra_samples`): an image whose top class took at least `confident_
 N draws gets `extra_samples` more. Radii live at the top of the range (p_A = 0.97 certifies 0.47
 sigma less than 0.999), which N = 256 draws cannot resolve; the extra draws go only where the
 base is confident, so they cost a fraction of drawing them for every image.
-Artifact: `<work>/targets/counts.npy` [N_train, K] (rows sum to N or N + extra_samples) and
-`<work>/targets/meta.json` (N, seed, the executor, samples/s of all its workers together
-against the bare onnxruntime rate of one session on every core).
+Reads the base graph through `train_base.graph` (the base.onnx the train-base stage wrote).
+Artifact: `<work>/targets/counts.npy` [N_train, K] (rows sum to N or N + extra_samples), read
+through `load(work)`, and `<work>/targets/meta.json` (N, seed, the executor, samples/s of all
+its workers together against the bare onnxruntime rate of one session on every core).
 """
 
 from __future__ import annotations
@@ -30,12 +31,20 @@ from tqdm import tqdm
 
 from accsmooth.bundle import sha256_of
 from accsmooth.runtime import OnnxPredictor, make_session
-from exporter import chunk_work, executor
+from exporter import chunk_work, executor, train_base
 from exporter import data as data_stage
 from exporter.config import Config
-from exporter.onnx_export import ensure_onnx
 
 log = logging.getLogger(__name__)
+FOLDER, COUNTS, META = "targets", "counts.npy", "meta.json"
+
+
+def load(work: Path) -> np.ndarray:
+    """The counts [N_train, K] of the targets stage (int)."""
+    path = work / FOLDER / COUNTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the targets stage first")
+    return np.load(path)
 
 
 def bare_rate(predict, shape, batch_size: int, seconds: float = 3.0) -> float:
@@ -52,9 +61,9 @@ def bare_rate(predict, shape, batch_size: int, seconds: float = 3.0) -> float:
 def run(cfg: Config, work: Path) -> Path:
     c, sigma = cfg.targets, cfg.bundle.sigma
     ds = data_stage.load(work)
-    base = ensure_onnx(work, "base", cfg.export, ds.calib.images)
+    base = train_base.graph(work)
     predict = OnnxPredictor(make_session(base))
-    out_dir = work / "targets"
+    out_dir = work / FOLDER
     out_dir.mkdir(exist_ok=True)
     stamp = {  # chunks of another protocol or base model are never mixed in
         "sigma": sigma,
@@ -100,7 +109,7 @@ def run(cfg: Config, work: Path) -> Path:
     assert np.isin(sums, [c.num_samples, c.num_samples + c.extra_samples]).all(), (
         "every count vector must sum to N or N + extra_samples"
     )
-    np.save(out_dir / "counts.npy", counts)
+    np.save(out_dir / COUNTS, counts)
     meta = {
         "num_samples": c.num_samples,
         "extra_samples": c.extra_samples,
@@ -120,7 +129,7 @@ def run(cfg: Config, work: Path) -> Path:
             rate,
             c.batch_size,
         )
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    (out_dir / META).write_text(json.dumps(meta, indent=2))
     agree = (counts.argmax(1) == ds.train.labels[: len(counts)]).mean()
     log.info(
         "targets: %d images x N=%d; top class = label on %.1f%%",
@@ -128,4 +137,4 @@ def run(cfg: Config, work: Path) -> Path:
         c.num_samples,
         100 * agree,
     )
-    return out_dir / "counts.npy"
+    return out_dir / COUNTS

@@ -2,7 +2,10 @@
 
 Every training image is seen as x + N(0, sigma^2 I) in [0,1]-pixel space (after crop/flip), so
 f learns to classify noisy inputs, which is what the smoothed classifier g asks of it.
-Artifact: `<work>/base.pt` (weights, normalization, arch, config, finished epochs); resumable.
+Artifact: the network in both forms, `<work>/base.pt` (weights, normalization, arch, config,
+finished epochs; resumable) and `<work>/base.onnx` (converted when training ends, parity-checked
+against torch: the graph every Monte-Carlo stage samples and the bundle serves; see
+`exporter.onnx_export`). Later stages read them through `load(work)` and `graph(work)`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from exporter import data as data_stage
-from exporter import models
+from exporter import models, onnx_export
 from exporter.config import Config
 from exporter.training import (
     augment,
@@ -27,16 +30,26 @@ from exporter.training import (
 )
 
 log = logging.getLogger(__name__)
+CHECKPOINT, GRAPH = "base.pt", "base.onnx"
 
 
-def build_from_checkpoint(path: Path) -> torch.nn.Module:
-    """The network saved at `path` (base.pt or surrogate.pt), in eval mode."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    net = models.build(
-        state["arch"], state["widths"], state["num_classes"], state["mean"], state["std"]
-    )
-    net.load_state_dict(state["model"])
-    return net.eval()
+def load(work: Path) -> dict:
+    """The base.pt checkpoint: `model` (state dict), arch, widths, num_classes, mean, std,
+    sigma, config, epoch (and `folded_batchnorm` when imported from ONNX)."""
+    path = work / CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the train-base stage first")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def network(work: Path) -> torch.nn.Module:
+    """The trained base classifier, in eval mode."""
+    return models.from_checkpoint(work / CHECKPOINT)
+
+
+def graph(work: Path) -> Path:
+    """base.onnx, the graph the Monte-Carlo stages sample (not older than base.pt)."""
+    return onnx_export.current_graph(work / CHECKPOINT, work / GRAPH, "train-base")
 
 
 @torch.no_grad()
@@ -89,7 +102,7 @@ def import_onnx(cfg: Config, work: Path) -> Path:
         linear.weight.copy_(torch.as_tensor(init[gemm.input[1]]))
         linear.bias.copy_(torch.as_tensor(init[gemm.input[2]]))
     model.eval()
-    ckpt = work / "base.pt"
+    ckpt = work / CHECKPOINT
     torch.save(
         {
             "model": model.state_dict(),
@@ -106,7 +119,7 @@ def import_onnx(cfg: Config, work: Path) -> Path:
         },
         ckpt,
     )
-    shutil.copyfile(source, work / "base.onnx")  # newer than base.pt: ensure_onnx keeps it
+    shutil.copyfile(source, work / GRAPH)  # newer than base.pt: graph() takes it as current
     log.info("train-base: imported %s (%d classes) instead of training", source, num_classes)
     return ckpt
 
@@ -123,7 +136,7 @@ def run(cfg: Config, work: Path) -> Path:
     model = models.build(c.arch, c.widths, len(ds.classes), mean, std)
     steps_per_epoch = len(ds.train.labels) // c.batch_size
     opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.25)
-    ckpt = work / "base.pt"
+    ckpt = work / CHECKPOINT
     start = load_checkpoint(ckpt, model, opt, sched)
     if start:
         log.info("train-base: resuming after epoch %d of %d", start, c.epochs)
@@ -159,4 +172,5 @@ def run(cfg: Config, work: Path) -> Path:
             f"noisy-acc(calib) {noisy_accuracy(m, ds.calib.images, ds.calib.labels, sigma):.4f}"
         ),
     )
+    onnx_export.write_graph(ckpt, "base", work / GRAPH, cfg.export, ds.calib.images)
     return ckpt

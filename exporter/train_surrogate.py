@@ -4,7 +4,10 @@ Accelerated Smoothing: the surrogate h is trained on clean images with targets c
 the targets stage, under the Jensen-Shannon divergence between softmax(h(x)) and the targets
 (or soft-label cross-entropy with `loss = "ce"`). It starts from the base classifier's weights
 by default: f already knows the classes, h only has to learn how confident f is under noise.
-Artifact: `<work>/surrogate.pt`; resumable per epoch.
+Reads the base checkpoint (`train_base.load`) and the counts (`targets.load`).
+Artifact: the network in both forms, `<work>/surrogate.pt` (resumable per epoch) and
+`<work>/surrogate.onnx` (ends in a softmax; converted when training ends and parity-checked
+against torch, see `exporter.onnx_export`), read through `graph(work)`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from exporter import data as data_stage
-from exporter import models
+from exporter import models, onnx_export, targets, train_base
 from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
@@ -28,6 +30,13 @@ from exporter.training import (
 )
 
 log = logging.getLogger(__name__)
+CHECKPOINT, GRAPH = "surrogate.pt", "surrogate.onnx"
+
+
+def graph(work: Path) -> Path:
+    """surrogate.onnx, the graph calibrate scores and the bundle serves (not older than
+    surrogate.pt)."""
+    return onnx_export.current_graph(work / CHECKPOINT, work / GRAPH, "train-surrogate")
 
 
 @torch.no_grad()
@@ -51,13 +60,13 @@ def run(cfg: Config, work: Path) -> Path:
     if c.threads:
         torch.set_num_threads(c.threads)
     ds = data_stage.load(work)
-    counts = np.load(work / "targets" / "counts.npy")
+    counts = targets.load(work)
     draws = counts.sum(1, keepdims=True)  # N per image: adaptive N gives confident ones more
     freqs = torch.as_tensor(counts / draws, dtype=torch.float32)
-    targets = freqs
+    fit_to = freqs
     if c.loss in WITH_DRAW_COUNTS:
-        targets = torch.cat([freqs, torch.as_tensor(draws, dtype=torch.float32)], dim=1)
-    base = torch.load(work / "base.pt", map_location="cpu", weights_only=False)
+        fit_to = torch.cat([freqs, torch.as_tensor(draws, dtype=torch.float32)], dim=1)
+    base = train_base.load(work)
     torch.manual_seed(c.seed)
     model = models.build(
         base["arch"], base["widths"], base["num_classes"], base["mean"], base["std"]
@@ -68,10 +77,10 @@ def run(cfg: Config, work: Path) -> Path:
     held = min(1000, max(1, len(freqs) // 50))
     # (targets may cover only the first images of the training set: targets.max_images)
     fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, len(freqs))
-    x_all, y_all = torch.as_tensor(ds.train.images[fit]), targets[fit]
+    x_all, y_all = torch.as_tensor(ds.train.images[fit]), fit_to[fit]
     steps_per_epoch = len(y_all) // c.batch_size
     opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.2)
-    ckpt = work / "surrogate.pt"
+    ckpt = work / CHECKPOINT
     start = load_checkpoint(ckpt, model, opt, sched)
 
     def steps(epoch):
@@ -98,4 +107,5 @@ def run(cfg: Config, work: Path) -> Path:
         grad_clip=c.grad_clip,
         on_epoch_end=lambda m: held_out_summary(m, watch_x, watch_y, draws[watch]),
     )
+    onnx_export.write_graph(ckpt, "surrogate", work / GRAPH, cfg.export, ds.calib.images)
     return ckpt

@@ -1,11 +1,16 @@
-"""ONNX export: onnxruntime matches torch on real images, and a failed parity check stops it."""
+"""ONNX export: onnxruntime matches torch on real images, a failed parity check stops it, and
+a training stage leaves its graph current."""
 
 import dataclasses
+import os
+import shutil
 
 import numpy as np
 import pytest
 
+from accsmooth.bundle import sha256_of
 from accsmooth.runtime import OnnxPredictor, make_session
+from exporter import train_base
 from exporter.onnx_export import ParityError, export
 
 pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's networks (smoke_run)
@@ -35,3 +40,18 @@ def test_export_fails_when_parity_is_above_tolerance(smoke_run, tmp_path):
             work / "base.pt", "base", tmp_path / "base.onnx", strict, data.load(work).eval.images
         )
     assert not (tmp_path / "base.onnx").exists()
+
+
+def test_a_finished_training_stage_rerun_converts_a_stale_graph_and_trains_nothing(
+    smoke_run, tmp_path
+):
+    cfg, work, _ = smoke_run
+    for name in ("data.npz", "base.pt", "base.onnx"):
+        shutil.copy2(work / name, tmp_path / name)
+    stamp = (tmp_path / "base.pt").stat().st_mtime
+    os.utime(tmp_path / "base.onnx", (stamp - 10, stamp - 10))  # older than its checkpoint
+    with pytest.raises(FileNotFoundError, match="older than base.pt; rerun the train-base"):
+        train_base.graph(tmp_path)
+    train_base.run(cfg, tmp_path)
+    assert (tmp_path / "base.pt").stat().st_mtime == stamp  # no epoch trained again
+    assert sha256_of(train_base.graph(tmp_path)) == sha256_of(work / "base.onnx")

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from accsmooth.bundle import sha256_of as sha256
-from exporter import ablation, bundle, pipeline, tables
+from exporter import ablation, bundle, calibrate, pipeline, tables, train_base, train_surrogate
 from exporter.bundle import BundleExistsError
 from server.http.app import create_app
 from tests.exporter.conftest import SMOKE
@@ -27,7 +27,7 @@ def _png(chw_uint8: np.ndarray) -> bytes:
 
 
 def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
-    _, _, out = smoke_run
+    _, work, out = smoke_run
     manifest = bundle.read_manifest(out)
     for name in (
         "surrogate.onnx",
@@ -42,6 +42,9 @@ def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
     assert manifest["calibration"]["set_size"] == 98
     assert manifest["evaluation"]["images"] == 30
     assert manifest["graphs"]["surrogate"]["output"] == "probabilities"
+    # the bundle ships the very graphs the training stages converted and the Monte-Carlo sampled
+    assert manifest["sha256"]["base.onnx"] == sha256(train_base.graph(work))
+    assert manifest["sha256"]["surrogate.onnx"] == sha256(train_surrogate.graph(work))
 
 
 def test_report_compares_three_methods_at_the_table_radii(smoke_run):
@@ -104,7 +107,7 @@ def test_report_covers_the_hold_out_images_and_the_calibration_rule(smoke_run):
     _, work, out = smoke_run
     report = json.loads((out / "report.json").read_text())
     assert report["holdout"]["images"] == 30
-    calibration = json.loads((work / "calibration.json").read_text())
+    calibration = calibrate.load(work)
     assert set(calibration["selection"]["mean_certified_accuracy_by_bins"]) == {"1", "2"}
     assert calibration["selection"]["images"] == 42
     assert "## Hold-out: 30 test images no stage used" in (out / "report.md").read_text()

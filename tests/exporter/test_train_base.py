@@ -23,7 +23,8 @@ def test_an_imported_base_computes_what_its_onnx_graph_computes(smoke_run, tmp_p
     assert sha256(tmp_path / "base.onnx") == sha256(work / "base.onnx")  # the very same graph
     x = data.to_float(data.load(work).eval.images[:16])
     with torch.no_grad():
-        ours = train_base.build_from_checkpoint(tmp_path / "base.pt")(torch.as_tensor(x)).numpy()
+        ours = train_base.network(tmp_path)(torch.as_tensor(x)).numpy()
     theirs = OnnxPredictor(make_session(work / "base.onnx"))(x)
     assert np.abs(ours - theirs).max() < 1e-4
-    assert torch.load(tmp_path / "base.pt", weights_only=False)["folded_batchnorm"]
+    assert train_base.load(tmp_path)["folded_batchnorm"]
+    assert train_base.graph(tmp_path) == tmp_path / "base.onnx"  # current: newer than base.pt
