@@ -95,7 +95,6 @@ def recompute(bundle: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from exporter import bundle as bundle_stage
     from exporter import data as data_stage
-    from exporter.bundle import write_manifest
     from exporter.calibrate import surrogate_probabilities
 
     parser = argparse.ArgumentParser(prog="python -m exporter.ablation", description=__doc__)
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result = recompute(args.bundle)
     (args.bundle / ABLATION_JSON).write_text(json.dumps(result, indent=2) + "\n")
     render(args.bundle)
-    write_manifest(args.bundle, bundle_stage.read_manifest(args.bundle))  # rehash every file
+    bundle_stage.rehash(args.bundle)  # the manifest lists ablation.npz/json, report.md anew
     print(ablation_table(result))
     return 0
 

@@ -6,8 +6,11 @@ bundle folder and writes `manifest.json`: classes, input spec, sigma, protocol, 
 of every other file. It copies rather than converts: each graph was converted and
 parity-checked by the training stage that made its network, because the Monte-Carlo stages
 before this one sample those very files (see `exporter.onnx_export`); what the bundle ships is
-byte for byte what was certified, calibrated and evaluated. The evaluate stage later adds its
-report files and summary through `write_manifest`, which rehashes.
+byte for byte what was certified, calibrated and evaluated.
+
+Later stages read the bundle through the core's `accsmooth.bundle.read_manifest` (the one
+`Manifest` model) and change it only through `update_evaluation` and `rehash`, which rewrite
+manifest.json with fresh hashes after validating it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import onnx
 
-from accsmooth.bundle import FORMAT_VERSION, Manifest, sha256_of
+from accsmooth.bundle import FORMAT_VERSION, MANIFEST, Manifest, sha256_of
 from exporter import calibrate, train_base, train_surrogate
 from exporter import data as data_stage
 from exporter.config import Config
@@ -62,23 +65,39 @@ def write_manifest(bundle_dir: Path, manifest: dict) -> Path:
     manifest["sha256"] = {
         p.name: sha256_of(p)
         for p in sorted(bundle_dir.iterdir())
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name != MANIFEST
     }
     Manifest.model_validate(manifest)
-    path = bundle_dir / "manifest.json"
+    path = bundle_dir / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
 
 
-def read_manifest(bundle_dir: Path) -> dict:
-    return json.loads((bundle_dir / "manifest.json").read_text())
+def _written(bundle_dir: Path) -> dict:
+    """manifest.json as written (its keys, in order), for a rewrite that changes one part."""
+    return json.loads((bundle_dir / MANIFEST).read_text())
+
+
+def update_evaluation(bundle_dir: Path, summary: dict, *, merge: bool = False) -> Path:
+    """Set the manifest's evaluation summary (`merge`: add `summary`'s keys to it) and rehash
+    every file of the bundle."""
+    manifest = _written(bundle_dir)
+    manifest["evaluation"] = ((manifest.get("evaluation") or {}) if merge else {}) | summary
+    return write_manifest(bundle_dir, manifest)
+
+
+def rehash(bundle_dir: Path) -> Path:
+    """Rewrite the manifest with the sha256 of every file now in the bundle folder."""
+    return write_manifest(bundle_dir, _written(bundle_dir))
 
 
 def check_output_folder(out: Path, name: str) -> None:
-    """Refuse to overwrite a folder that holds another bundle (or unrelated files)."""
+    """Refuse to overwrite a folder that holds another bundle (or unrelated files). Reads only
+    the manifest's name, not the whole model: a bundle of an older format, or a broken one,
+    of the same name may be rebuilt."""
     if not out.exists():
         return
-    manifest = out / "manifest.json"
+    manifest = out / MANIFEST
     if manifest.exists():
         existing = json.loads(manifest.read_text()).get("name")
         if existing != name:

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from accsmooth.bundle import EVIDENCE, Manifest
+from accsmooth.bundle import EVIDENCE, read_manifest
 from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.smoothing import certify_from_probabilities, radius_from_p_lower
-from exporter import calibrate
+from exporter import bundle, calibrate
 from exporter import data as data_stage
-from exporter.bundle import read_manifest, write_manifest
 from exporter.calibrate import evidence
 from exporter.certify_images import saved_counts
 from exporter.config import Config
@@ -87,9 +86,8 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     b, c = cfg.bundle, cfg.evaluate
     ds = data_stage.load(work)
     manifest = read_manifest(out)
-    calibration = Manifest.model_validate(manifest).calibration
-    rule = calibration.rule if calibration else 0.0
-    surrogate = out / "surrogate.onnx"
+    calibration, rule = manifest.calibration, manifest.shift
+    surrogate = out / manifest.graphs.surrogate.file
     protocol = Protocol(b.n, b.alpha, b.sigma)
     sets, seconds = {}, {}
     for name, split, seed in (
@@ -131,12 +129,9 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_plot(out / "certified_accuracy.png", main["curves"], ds.eval.labels, b)
     render(out)  # with ablation.json's table when python -m exporter.ablation added one
-    manifest["evaluation"] = {
-        k: report[k] for k in ("images", "certified_accuracy", "top1_agreement", "speedup")
-    }
-    manifest["evaluation"]["overestimation_rate_calibrated"] = report["versus_monte_carlo"][
-        "surrogate_calibrated"
-    ]["overestimation_rate"]
-    write_manifest(out, manifest)
+    summary = {k: report[k] for k in ("images", "certified_accuracy", "top1_agreement", "speedup")}
+    calibrated = report["versus_monte_carlo"]["surrogate_calibrated"]
+    summary["overestimation_rate_calibrated"] = calibrated["overestimation_rate"]
+    bundle.update_evaluation(out, summary)
     log.info("evaluate: %s", json.dumps(report["certified_accuracy"]))
     return out / "report.json"

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from accsmooth.bundle import Manifest
+from accsmooth.bundle import read_manifest
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from accsmooth.sampling import certify, certify_given_class, fallback_samples, measure_throughput
 from accsmooth.smoothing import certify_from_probabilities, hybrid_route, overestimated
+from exporter import bundle as bundle_stage
 from exporter import data as data_stage
-from exporter.bundle import read_manifest, write_manifest
 from exporter.config import HybridConfig, load_config
 from exporter.evaluate import monte_carlo_counts
 from exporter.fidelity import monte_carlo_certificates
@@ -75,17 +75,17 @@ def evaluate(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> di
     """The hybrid section of the report (see the module docstring)."""
     margin, budget_ms, batch = cfg.margin, cfg.budget_ms, cfg.batch_size
     manifest = read_manifest(bundle)
-    sigma, proto = manifest["sigma"], manifest["protocol"]
-    n, alpha = proto["n"], proto["alpha"]
-    shift = Manifest.model_validate(manifest).shift  # one shift or a shift per bin
+    sigma, proto = manifest.sigma, manifest.protocol
+    n, alpha = proto.n, proto.alpha
+    shift = manifest.shift  # one shift or a shift per bin
     ds = data_stage.load(work)
     x, labels = data_stage.to_float(ds.eval.images), ds.eval.labels
     one_thread = RuntimeOptions(providers=("CPUExecutionProvider",), intra_op_threads=1)
-    surrogate = OnnxPredictor(make_session(bundle / manifest["graphs"]["surrogate"]["file"]))
-    base = OnnxPredictor(make_session(bundle / manifest["graphs"]["base"]["file"], one_thread))
-    k = len(manifest["classes"])
+    surrogate = OnnxPredictor(make_session(bundle / manifest.graphs.surrogate.file))
+    base = OnnxPredictor(make_session(bundle / manifest.graphs.base.file, one_thread))
+    k = manifest.num_classes
     rate = measure_throughput(base, x.shape[1:], sigma=sigma, num_classes=k, batch_size=batch)
-    n0_fb, n_fb = fallback_samples(budget_ms, rate, proto["n0"], n)
+    n0_fb, n_fb = fallback_samples(budget_ms, rate, proto.n0, n)
     mc = full_protocol_mc(work, len(x), alpha, sigma)
     surrogate(x[:1])  # warm
     runs = {}
@@ -166,15 +166,12 @@ def run(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> Path:
     report["hybrid"] = section
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     render(bundle)
-    manifest = read_manifest(bundle)
-    manifest["evaluation"] = (manifest.get("evaluation") or {}) | {
-        "hybrid": {
-            "answered_by_surrogate": section["answered_by"]["surrogate"],
-            "certified_accuracy": section["certified_accuracy"],
-            "budget_ms": cfg.budget_ms,
-        }
+    summary = {
+        "answered_by_surrogate": section["answered_by"]["surrogate"],
+        "certified_accuracy": section["certified_accuracy"],
+        "budget_ms": cfg.budget_ms,
     }
-    write_manifest(bundle, manifest)
+    bundle_stage.update_evaluation(bundle, {"hybrid": summary}, merge=True)
     log.info("hybrid: %s", json.dumps(section["answered_by"]))
     return report_path
 

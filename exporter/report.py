@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from accsmooth.bundle import Calibration
+from accsmooth.smoothing import ShiftRule
 from exporter.scoring import certified_accuracy
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -146,23 +148,26 @@ def _first_four(section: dict) -> str:
     return " / ".join(f"{100 * v:.1f}" for v in mc)
 
 
-def describe_calibration(cal: dict | None) -> str:
-    if not cal:
+def _calibration(r: dict) -> Calibration | None:
+    """report.json's calibration section, read as the manifest's is (None: uncalibrated)."""
+    return Calibration.model_validate(r["calibration"]) if r.get("calibration") else None
+
+
+def describe_calibration(cal: Calibration | None) -> str:
+    if cal is None:
         return "uncalibrated (the raw rule is served)"
-    if cal.get("bin_shifts"):
-        bins = [f"z < {cal['bin_edges'][0]:.2f}: {cal['bin_shifts'][0]:.3f}"]
-        bins += [
-            f"z >= {e:.2f}: {q:.3f}"
-            for e, q in zip(cal["bin_edges"], cal["bin_shifts"][1:], strict=True)
-        ]
+    rule = cal.rule
+    if isinstance(rule, ShiftRule):
+        bins = [f"z < {rule.edges[0]:.2f}: {rule.shifts[0]:.3f}"]
+        bins += [f"z >= {e:.2f}: {q:.3f}" for e, q in zip(rule.edges, rule.shifts[1:], strict=True)]
         return (
-            f"Mondrian split-conformal, epsilon = {cal['epsilon']}, fitted on "
-            f"{cal['set_size']} calibration images; shift per bin of z = Phi^-1(raw pABar): "
+            f"Mondrian split-conformal, epsilon = {cal.epsilon}, fitted on "
+            f"{cal.set_size} calibration images; shift per bin of z = Phi^-1(raw pABar): "
             + "; ".join(bins)
         )
     return (
-        f"split-conformal, epsilon = {cal['epsilon']}, one shift q = {cal['shift']:.4f} "
-        f"fitted on {cal['set_size']} calibration images"
+        f"split-conformal, epsilon = {cal.epsilon}, one shift q = {rule:.4f} "
+        f"fitted on {cal.set_size} calibration images"
     )
 
 
@@ -248,6 +253,7 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
     """report.md from report.json's dict (and ablation.json's, when there is one): the one
     place the report's tables are rendered."""
     radii = list(r["certified_accuracy"]["monte_carlo"].keys())
+    calibration = _calibration(r)
     header = ["| method | " + " | ".join(f"r = {x}" for x in radii) + " |"]
     header.append("|---|" + "---|" * len(radii))
     lines = [
@@ -256,14 +262,14 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         f"{r['images']} test images (every {r['eval_every']}th), sigma = {r['sigma']}, "
         f"CERTIFY with n0 = {r['protocol']['n0']}, n = {r['protocol']['n']:,}, "
         f"alpha = {r['protocol']['alpha']}.",
-        f"Calibration: {describe_calibration(r.get('calibration'))}. Guarantee (finite-sample, "
+        f"Calibration: {describe_calibration(calibration)}. Guarantee (finite-sample, "
         "split-conformal): for a new image exchangeable with the calibration images, "
         "P(served certificate over-claims the Monte-Carlo one) <= epsilon"
         + (
             " in every bin, and so overall, for bins fixed in advance; the number of bins was "
             "chosen by 2-fold cross-fitting on these same calibration images, which makes the "
             "guarantee approximate."
-            if (r.get("calibration") or {}).get("bin_shifts")
+            if calibration is not None and isinstance(calibration.rule, ShiftRule)
             else "."
         )
         + " Checked below by the over-estimation rates on evaluation and hold-out images.",

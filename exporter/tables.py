@@ -61,11 +61,11 @@ def refit_calibration(bundle: Path) -> float | ShiftRule:
     that field and fitted one shift on all of theirs) with the calibrate settings the manifest
     records."""
     manifest = read_manifest(bundle)
-    raw = json.loads((bundle / "manifest.json").read_text())
     protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
-    images = raw["calibration"].get("images", manifest.calibration.set_size)
+    cal = manifest.calibration
+    images = (cal.model_extra or {}).get("images", cal.set_size)
     calib = load_evidence(bundle / EVIDENCE)["calibration"].subset(np.arange(images))
-    recorded = raw["exporter"]["config"]["calibrate"]
+    recorded = manifest.exporter["config"]["calibrate"]
     c = load_config(None, [f"calibrate.{k}={_as_text(v)}" for k, v in recorded.items()])
     return fit_configured(calib, protocol, c.calibrate).rule
 

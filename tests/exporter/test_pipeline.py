@@ -10,8 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from accsmooth.bundle import read_manifest
 from accsmooth.bundle import sha256_of as sha256
-from exporter import ablation, bundle, calibrate, pipeline, tables, train_base, train_surrogate
+from exporter import ablation, calibrate, pipeline, tables, train_base, train_surrogate
 from exporter.bundle import BundleExistsError
 from server.http.app import create_app
 from tests.exporter.conftest import SMOKE
@@ -28,7 +29,7 @@ def _png(chw_uint8: np.ndarray) -> bytes:
 
 def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
     _, work, out = smoke_run
-    manifest = bundle.read_manifest(out)
+    manifest = read_manifest(out)
     for name in (
         "surrogate.onnx",
         "base.onnx",
@@ -37,14 +38,14 @@ def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
         "certified_accuracy.png",
         "evidence.npz",
     ):
-        assert manifest["sha256"][name] == sha256(out / name)
+        assert manifest.sha256[name] == sha256(out / name)
     # 100 train + 40 test calibration images; 30% of them choose the rule, the rest fit it
-    assert manifest["calibration"]["set_size"] == 98
-    assert manifest["evaluation"]["images"] == 30
-    assert manifest["graphs"]["surrogate"]["output"] == "probabilities"
+    assert manifest.calibration.set_size == 98
+    assert manifest.evaluation["images"] == 30
+    assert manifest.graphs.surrogate.output == "probabilities"
     # the bundle ships the very graphs the training stages converted and the Monte-Carlo sampled
-    assert manifest["sha256"]["base.onnx"] == sha256(train_base.graph(work))
-    assert manifest["sha256"]["surrogate.onnx"] == sha256(train_surrogate.graph(work))
+    assert manifest.sha256["base.onnx"] == sha256(train_base.graph(work))
+    assert manifest.sha256["surrogate.onnx"] == sha256(train_surrogate.graph(work))
 
 
 def test_report_compares_three_methods_at_the_table_radii(smoke_run):
@@ -100,7 +101,7 @@ def test_the_ablation_is_scored_on_the_bundles_evidence_and_recomputed_from_it(s
     ]
     assert "## Ablation" in (copy / "report.md").read_text()
     assert tables.differences(copy) == []
-    assert bundle.read_manifest(copy)["sha256"]["ablation.npz"] == sha256(copy / "ablation.npz")
+    assert read_manifest(copy).sha256["ablation.npz"] == sha256(copy / "ablation.npz")
 
 
 def test_report_covers_the_hold_out_images_and_the_calibration_rule(smoke_run):
