@@ -103,9 +103,13 @@ def evaluate(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> di
                 common = dict(sigma=sigma, num_classes=k, alpha=alpha, rng=rng)
                 if guess == "surrogate_class":  # no selection round: all samples bound pA
                     served = certify_given_class(
-                        base, x[i], int(probs.argmax()), n=n0_fb + n_fb,
-                        batch_size=min(batch, n0_fb + n_fb), **common,
-                    ).certificate  # fmt: skip
+                        base,
+                        x[i],
+                        int(probs.argmax()),
+                        n=n0_fb + n_fb,
+                        batch_size=min(batch, n0_fb + n_fb),
+                        **common,
+                    ).certificate
                 else:
                     served = certify(
                         base, x[i], n0=n0_fb, n=n_fb, batch_size=min(batch, n_fb), **common

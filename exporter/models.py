@@ -36,12 +36,14 @@ def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
 def small_cnn(widths: tuple[int, int, int], num_classes: int) -> nn.Sequential:
     """6 conv layers in 3 stages, pooling early so most work runs at 16x16 and 8x8."""
     a, b, c = widths
-    return nn.Sequential(
-        *_conv_bn(3, a), nn.MaxPool2d(2),
-        *_conv_bn(a, b), *_conv_bn(b, b), nn.MaxPool2d(2),
-        *_conv_bn(b, c), *_conv_bn(c, c), nn.MaxPool2d(2),
-        *_conv_bn(c, 2 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, num_classes),
-    )  # fmt: skip
+    stages = [
+        [*_conv_bn(3, a), nn.MaxPool2d(2)],
+        [*_conv_bn(a, b), *_conv_bn(b, b), nn.MaxPool2d(2)],
+        [*_conv_bn(b, c), *_conv_bn(c, c), nn.MaxPool2d(2)],
+        [*_conv_bn(c, 2 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * c, num_classes)],
+    ]
+    # one flat Sequential: the checkpoints' state-dict keys are its layer indices
+    return nn.Sequential(*(layer for stage in stages for layer in stage))
 
 
 class BasicBlock(nn.Module):
@@ -49,8 +51,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             *_conv_bn(c_in, c_out, stride),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
-        )  # fmt: skip
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
         self.skip = nn.Sequential()
         if stride != 1 or c_in != c_out:
             self.skip = nn.Sequential(

@@ -90,8 +90,10 @@ def import_onnx(cfg: Config, work: Path) -> Path:
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     if len(conv_layers) != len(convs):
-        raise ValueError(f"{source}: {len(convs)} convolutions, the {c.arch} config has "
-                         f"{len(conv_layers)}; set train_base.widths to the graph's")  # fmt: skip
+        raise ValueError(
+            f"{source}: {len(convs)} convolutions, the {c.arch} config has "
+            f"{len(conv_layers)}; set train_base.widths to the graph's"
+        )
     with torch.no_grad():
         for node, conv, norm in zip(convs, conv_layers, norms, strict=True):
             conv.weight.copy_(torch.as_tensor(init[node.input[1]]))
