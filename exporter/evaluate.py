@@ -33,7 +33,7 @@ from exporter.calibrate import evidence
 from exporter.certify_images import saved_counts
 from exporter.config import Config
 from exporter.fidelity import Protocol, save_evidence, tables
-from exporter.report import render, write_plot
+from exporter.report import render, save_report, write_plot
 
 log = logging.getLogger(__name__)
 MONTE_CARLO = {
@@ -126,7 +126,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         "max_radius_at_100k": float(radius_from_p_lower(b.alpha ** (1 / 100_000), b.sigma)),
         "environment": environment(),
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = save_report(out, report)
     write_plot(out / "certified_accuracy.png", main["curves"], ds.eval.labels, b)
     render(out)  # with ablation.json's table when python -m exporter.ablation added one
     summary = {k: report[k] for k in ("images", "certified_accuracy", "top1_agreement", "speedup")}
@@ -134,4 +134,4 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     summary["overestimation_rate_calibrated"] = calibrated["overestimation_rate"]
     bundle.update_evaluation(out, summary)
     log.info("evaluate: %s", json.dumps(report["certified_accuracy"]))
-    return out / "report.json"
+    return path

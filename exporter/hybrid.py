@@ -40,7 +40,7 @@ from exporter import data as data_stage
 from exporter.config import HybridConfig, load_config
 from exporter.evaluate import monte_carlo_counts
 from exporter.fidelity import monte_carlo_certificates
-from exporter.report import render
+from exporter.report import load_report, render, save_report
 from exporter.scoring import accuracy_table
 
 log = logging.getLogger(__name__)
@@ -165,10 +165,9 @@ def evaluate(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> di
 def run(bundle: Path, work: Path, cfg: HybridConfig = HybridConfig()) -> Path:
     """Evaluate the hybrid mode and add it to report.json, report.md and the manifest."""
     section = evaluate(bundle, work, cfg)
-    report_path = bundle / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report = load_report(bundle)
     report["hybrid"] = section
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    report_path = save_report(bundle, report)
     render(bundle)
     summary = {
         "answered_by_surrogate": section["answered_by"]["surrogate"],

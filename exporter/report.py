@@ -1,4 +1,7 @@
-"""The evaluation report's human forms: `report.md` (tables) and `certified_accuracy.png`."""
+"""The evaluation report: `report.json` (its figures, which the evaluate stage writes and the
+hybrid stage adds a section to, through `save_report`/`load_report`) and its human forms,
+`report.md` (tables, rendered from report.json in one place: `render`) and
+`certified_accuracy.png`."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from accsmooth.smoothing import ShiftRule
 from exporter.scoring import certified_accuracy
 
 CONFIGS = Path(__file__).parent / "configs"
+REPORT_JSON = "report.json"
 
 # Cohen et al. (2019), released ResNet-110 CIFAR-10 certificates: 500 test images,
 # n = 100,000, alpha = 0.001, trained and certified on GPUs; printed beside a bundle of the
@@ -240,9 +244,23 @@ def _hybrid_lines(h: dict, report: dict) -> list[str]:
     return lines
 
 
+def load_report(bundle: Path) -> dict:
+    """A bundle's report.json."""
+    path = bundle / REPORT_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the evaluate stage first")
+    return json.loads(path.read_text())
+
+
+def save_report(bundle: Path, report: dict) -> Path:
+    path = bundle / REPORT_JSON
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
 def render(bundle: Path) -> Path:
     """report.md of a bundle, from its report.json and (when there is one) ablation.json."""
-    report = json.loads((bundle / "report.json").read_text())
+    report = load_report(bundle)
     ablation = bundle / "ablation.json"
     out = bundle / "report.md"
     write_markdown(out, report, json.loads(ablation.read_text()) if ablation.exists() else None)

@@ -26,7 +26,7 @@ from exporter import ablation
 from exporter.ablation import ABLATION_JSON
 from exporter.config import load_config
 from exporter.fidelity import Protocol, fit_configured, load_evidence, tables
-from exporter.report import ablation_table
+from exporter.report import ablation_table, load_report
 
 # the report.json keys that come from the evidence alone (speed and environment do not)
 RECOMPUTED = ("images", "certified_accuracy", "top1_agreement", "versus_monte_carlo")
@@ -36,7 +36,7 @@ def recompute(bundle: Path) -> dict[str, dict]:
     """{image set: tables} for every set in the bundle's evidence."""
     manifest = read_manifest(bundle)
     protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
-    report = json.loads((bundle / "report.json").read_text())
+    report = load_report(bundle)
     radii = [float(r) for r in report["certified_accuracy"]["monte_carlo"]]
     return {
         name: {k: v for k, v in tables(e, protocol, manifest.shift, radii).items() if k != "curves"}
@@ -80,7 +80,7 @@ def _as_text(value) -> str:
 
 def differences(bundle: Path) -> list[str]:
     """The report.json entries that the evidence does not reproduce (empty: all match)."""
-    report = json.loads((bundle / "report.json").read_text())
+    report = load_report(bundle)
     sets = recompute(bundle)
     stored = {"evaluation": report, "holdout": report.get("holdout") or None}
     bad = []
