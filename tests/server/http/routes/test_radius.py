@@ -99,5 +99,10 @@ def test_without_evidence_the_manifest_table_is_a_lower_bound(client):
     )
     bare = LoadedModel("t", model.folder, status="ready", manifest=manifest)
     assert [bare.served_accuracy(r) for r in (0, 0.3, 0.5, 0.9, 1.0, 1.2)] == [
-        0.6, 0.4, 0.4, 0.1, 0.1, 0.0
-    ]  # fmt: skip
+        0.6,
+        0.4,
+        0.4,
+        0.1,
+        0.1,
+        0.0,
+    ]
