@@ -1,9 +1,10 @@
 """Fixtures for the server tests: tiny real ONNX bundles in tmp_path, images, apps, clients.
 
-No trained weights: `server.placeholder.write_bundle` writes a real (linear) network with known
-outputs. The default test bundle `tiny` takes [3,8,8] images, has classes (cat, dog, bird), an
-"intensity" surrogate (bright -> cat, dark -> dog, mid-grey -> abstain), a probe base model on
-pixel 0 (class 0 iff x_0 + noise > 1/2), sigma 0.25 and a calibration shift of 0.02.
+Bundles come from `make_bundle` (tests/conftest.py, shared with the core tests):
+`server.placeholder.write_bundle` writes a real (linear) network with known outputs. The default
+test bundle `tiny` takes [3,8,8] images, has classes (cat, dog, bird), an "intensity" surrogate
+(bright -> cat, dark -> dog, mid-grey -> abstain), a probe base model on pixel 0 (class 0 iff
+x_0 + noise > 1/2), sigma 0.25 and a calibration shift of 0.02.
 """
 
 from __future__ import annotations
@@ -15,23 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.http.app import create_app
-from server.placeholder import write_bundle
-from tests.server.helpers import CALIBRATION, CLASSES, SHAPE, settings_for, wait_ready
-
-
-@pytest.fixture
-def make_bundle(tmp_path: Path) -> Callable[..., Path]:
-    """Write a bundle into tmp_path/models/<name>; returns its folder."""
-
-    def make(folder_name: str = "tiny", **kwargs) -> Path:
-        kwargs.setdefault("classes", CLASSES)
-        kwargs.setdefault("shape", SHAPE)
-        kwargs.setdefault("calibration", CALIBRATION)
-        folder = tmp_path / "models" / folder_name
-        write_bundle(folder, **kwargs)
-        return folder
-
-    return make
+from tests.server.helpers import settings_for, wait_ready
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Fixtures for the core tests: a tiny real bundle in tmp_path (the server tests' `tiny`)."""
+"""Fixtures shared by the core and server tests: a tiny real bundle in tmp_path.
+
+No trained weights: `server.placeholder.write_bundle` writes a real (linear) network with known
+outputs; the defaults (`tests.server.helpers`) are the bundle `tiny` the server tests describe.
+"""
 
 from __future__ import annotations
 
