@@ -66,6 +66,13 @@ def radius_from_p_lower(p_a_lower, sigma: float):
     return float(r) if r.ndim == 0 else r
 
 
+def max_certifiable_radius(n: int, alpha: float, sigma: float) -> float:
+    """The largest radius CERTIFY can give with n samples: every draw names cA, so
+    pABar = alpha^(1/n) and R = sigma * Phi^-1(alpha^(1/n)) (3.2 sigma at n = 10^4 and
+    alpha = 0.001)."""
+    return float(radius_from_p_lower(alpha ** (1 / n), sigma))
+
+
 def abstains(p_a_lower) -> bool:
     """CERTIFY abstains when the lower bound does not clear 1/2 (no majority is certain)."""
     return not p_a_lower > 0.5

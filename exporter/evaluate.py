@@ -26,7 +26,7 @@ import numpy as np
 
 from accsmooth.bundle import EVIDENCE, read_manifest
 from accsmooth.runtime import OnnxPredictor, make_session
-from accsmooth.smoothing import certify_from_probabilities, radius_from_p_lower
+from accsmooth.smoothing import certify_from_probabilities, max_certifiable_radius
 from exporter import bundle, calibrate
 from exporter import data as data_stage
 from exporter.calibrate import evidence
@@ -122,8 +122,8 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         # what it had left to do)
         "monte_carlo_seconds": {name: float(t.sum()) for name, t in seconds.items()},
         "stage_seconds": load_timings(work),
-        "max_certifiable_radius": float(radius_from_p_lower(b.alpha ** (1 / b.n), b.sigma)),
-        "max_radius_at_100k": float(radius_from_p_lower(b.alpha ** (1 / 100_000), b.sigma)),
+        "max_certifiable_radius": max_certifiable_radius(b.n, b.alpha, b.sigma),
+        "max_radius_at_100k": max_certifiable_radius(100_000, b.alpha, b.sigma),
         "environment": environment(),
     }
     path = save_report(out, report)

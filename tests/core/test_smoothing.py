@@ -18,6 +18,7 @@ from accsmooth.smoothing import (
     clopper_pearson_lower,
     fit_conformal_shift,
     hybrid_route,
+    max_certifiable_radius,
     overestimated,
     radius_from_p_lower,
     surrogate_p_lower,
@@ -52,6 +53,13 @@ def test_lower_bound_works_on_arrays():
 def test_radius_is_sigma_times_the_normal_quantile():
     assert radius_from_p_lower(norm.cdf(1.0), 0.5) == pytest.approx(0.5)
     assert radius_from_p_lower(norm.cdf(2.0), 0.25) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("n", "sigma"), [(10_000, 0.25), (100_000, 1.0), (100, 0.5)])
+def test_the_largest_certifiable_radius_is_certify_when_every_draw_agrees(n, sigma):
+    every_draw = certify_from_counts(np.array([5, 0]), np.array([n, 0]), 0.001, sigma)
+    assert max_certifiable_radius(n, 0.001, sigma) == pytest.approx(every_draw.radius, rel=1e-12)
+    assert max_certifiable_radius(n, 0.001, sigma) == pytest.approx(sigma * ndtri(0.001 ** (1 / n)))
 
 
 def test_radius_increases_with_the_lower_bound():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from accsmooth.smoothing import radius_from_p_lower
+from accsmooth.smoothing import max_certifiable_radius
 from server.http.deps import RegistryDep, SettingsDep, ShadowDep
 from server.http.errors import ModelNotFound
 from server.http.openapi import ERRORS
@@ -36,7 +36,7 @@ def _summary(model: LoadedModel, cls=ModelSummary, **extra):
         input_shape=list(m.input.shape),
         calibrated=m.calibration is not None,
         providers=providers,
-        max_certifiable_radius=round(float(radius_from_p_lower(p.alpha ** (1 / p.n), m.sigma)), 4),
+        max_certifiable_radius=round(max_certifiable_radius(p.n, p.alpha, m.sigma), 4),
         served_certified_accuracy=accuracy,
         **extra,
     )
