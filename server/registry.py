@@ -250,8 +250,9 @@ class ModelRegistry:
         ready = [m for _, m in sorted(self.models.items()) if m.status == "ready"]
         if not ready:
             self.get(None)  # raises what a request without ?radius= would get
-        best = max(ready, key=lambda m: (m.served_accuracy(radius), m.name == self.default_name))
-        if best.served_accuracy(radius) <= 0.0:
+        scored = [(m.served_accuracy(radius), m.name == self.default_name, m) for m in ready]
+        accuracy, _, best = max(scored, key=lambda row: row[:2])  # first by name among ties
+        if accuracy <= 0.0:
             reach = ", ".join(f"{m.name} (sigma {m.manifest.sigma:g}): {_reach(m)}" for m in ready)
             raise RadiusOutOfReach(
                 f"no bundle certifies radius {radius:g} on any of its evaluation images; "
