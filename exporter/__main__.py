@@ -5,7 +5,9 @@ ImageFolder root (train/, test/); `--work DIR` holds intermediate artifacts (def
 work/<bundle name>); `--set section.field=value` (repeatable) overrides the preset.
 Monte-Carlo (targets, calibrate, evaluate) runs on every core of this machine; `--workers N`
 caps the workers (1: in this process), `--ray` runs it on a local Ray and `--ray-address ADDR`
-on a Ray cluster (`pip install -e '.[cluster]'`; see exporter/executor.py).
+on a Ray cluster (`pip install -e '.[cluster]'`; see exporter/executor.py). `--device cuda`
+runs training and Monte-Carlo on a GPU through PyTorch (`auto`, the default: where torch sees
+one; the noise is then drawn on the GPU, see exporter/torch_work.py).
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ STAGE_NAMES = (
 )
 
 
-def make_executor(args: argparse.Namespace) -> Executor:
-    """The executor the options name: local (default) or Ray."""
+def make_executor(args: argparse.Namespace, device: str) -> Executor:
+    """The executor the options name: Ray, torch on a GPU device, or local (default)."""
     if args.ray or args.ray_address:
         return RayExecutor(args.ray_address, args.workers)
+    if device != "cpu":
+        from exporter.executor import TorchExecutor
+
+        return TorchExecutor(device)
     return LocalExecutor(args.workers)
 
 
@@ -63,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--ray", action="store_true", help="run the Monte-Carlo on a local Ray")
     where.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto', ...)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device for training and Monte-Carlo: cpu, cuda, cuda:N or auto (a GPU "
+        "where torch sees one, else cpu)",
+    )
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -72,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.set) + ([f"data.root={args.data_dir}"] if args.data_dir else [])
     from exporter.data import DatasetError
     from exporter.pipeline import STAGES, run
+    from exporter.training import resolve_device, using_device
 
     assert tuple(STAGES) == STAGE_NAMES, "exporter/__main__.py lists the stages of the pipeline"
     try:
         cfg = load_config(args.config, overrides)
         work = args.work or Path("work") / cfg.bundle.name
-        with make_executor(args) as executor, using(executor):
+        device = resolve_device(args.device)
+        with make_executor(args, device) as executor, using(executor), using_device(device):
             run(cfg, work, args.out, args.stage)
     except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as exc:
         logging.getLogger("exporter").error("%s", exc)

@@ -6,7 +6,9 @@ images (`exporter.chunk_work.certify_chunk`) on the active executor (`exporter.e
 local core by default, or Ray). The driver writes each finished chunk to
 `<out_dir>/chunk_XXXXX.npz` (tmp + rename) with the sha256 of its images; a rerun skips
 finished chunks whose images are the same, so a set that grows at its end (more calibration
-images) only certifies the new ones.
+images) only certifies the new ones. Each chunk records its `sampler`: "numpy" (onnxruntime
+on CPU cores or Ray) or "torch" (`exporter.torch_work` on a GPU); chunks of both may sit in
+one folder, since each is CERTIFY of the same graph with fresh, independent draws.
 """
 
 from __future__ import annotations
@@ -96,7 +98,12 @@ def certify_all(
         results = ex.map(chunk_work.certify_chunk, Path(base_onnx), todo)
         for index, arrays in tqdm(results, total=len(todo), desc=desc, mininterval=30):
             path = out_dir / f"chunk_{index:05d}.npz"
-            np.savez(path.with_suffix(".tmp.npz"), **arrays, images_sha256=digests[index])
+            np.savez(
+                path.with_suffix(".tmp.npz"),
+                **arrays,
+                images_sha256=digests[index],
+                sampler=ex.sampler,
+            )
             path.with_suffix(".tmp.npz").replace(path)
     parts = [np.load(out_dir / f"chunk_{i:05d}.npz") for i in range(len(starts))]
     counts0 = np.concatenate([p["counts0"] for p in parts])

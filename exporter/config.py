@@ -73,13 +73,18 @@ class TargetsConfig:
     confident_fraction: float = 1.0
     # label only the first max_images training images (0 = all); the surrogate trains on those
     max_images: int = 0
+    # label each image's horizontal mirror too, with its own draws (the surrogate trains on both)
+    flipped: bool = False
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class TrainSurrogateConfig:
     loss: str = "js"  # "js" (Jensen-Shannon, the paper) or "ce" (soft-label cross-entropy)
-    init_from_base: bool = True  # start from the base classifier's weights
+    # channels per stage of the surrogate's cnn (empty = the base's); it runs once per request,
+    # so it may be wider than the base. Other widths than the base's train from scratch.
+    widths: tuple[int, ...] = ()
+    init_from_base: bool = True  # start from the base classifier's weights (same widths only)
     epochs: int = 6
     batch_size: int = 256
     lr: float = 0.05  # peak learning rate of the one-cycle schedule

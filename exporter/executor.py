@@ -97,6 +97,7 @@ class Executor:
 
     name = "executor"
     workers = 1
+    sampler = "numpy"  # whose random stream draws the noise (recorded in the chunk files)
 
     def map(self, work: Work, model: Path, tasks: Iterable[Task]) -> Iterator[tuple[int, Any]]:
         raise NotImplementedError
@@ -220,6 +221,56 @@ class RayExecutor(Executor):
         self._models.clear()
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
+
+
+class TorchExecutor(Executor):
+    """In this process, on a torch device (a GPU): the chunks of `exporter.torch_work`, which
+    draw their noise on the device and count there.
+
+    `map` takes the same ONNX graph as the other executors and runs the checkpoint it was
+    converted from (same stem, `.pt`: base.onnx <- base.pt), so the stamp of the chunk folder
+    (the graph's sha256) names the model either way. `batch_size` replaces the chunks' own
+    (sized for onnxruntime on a CPU): a GPU wants 10^4-10^5 noisy images per call.
+    """
+
+    name = "torch"
+    sampler = "torch"
+
+    def __init__(self, device: str = "cuda", batch_size: int = 32_768):
+        import torch
+
+        from exporter import torch_work
+
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.workers = 1
+        self._nets: dict[str, Any] = {}
+        torch_work.exact_float32()
+
+    def describe(self) -> str:
+        return f"torch ({self.device}, batches of {self.batch_size})"
+
+    def _net(self, model: Path):
+        from exporter import models
+
+        sha = sha256_of(model)
+        if sha not in self._nets:
+            checkpoint = model.with_suffix(".pt")
+            if not checkpoint.exists():
+                raise FileNotFoundError(
+                    f"{checkpoint}: the torch executor runs the checkpoint {model.name} was "
+                    "converted from, and it is missing"
+                )
+            net = models.from_checkpoint(checkpoint).to(self.device)
+            self._nets[sha] = net
+        return self._nets[sha]
+
+    def map(self, work: Work, model: Path, tasks: Iterable[Task]) -> Iterator[tuple[int, Any]]:
+        from exporter import torch_work
+
+        net, on_device = self._net(Path(model)), getattr(torch_work, work.__name__)
+        for index, kwargs in tasks:
+            yield index, on_device(net, **(kwargs | {"batch_size": self.batch_size}))
 
 
 _active: ContextVar[Executor | None] = ContextVar("exporter_executor", default=None)

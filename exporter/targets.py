@@ -13,9 +13,14 @@ Adaptive N (`extra_samples`): an image whose top class took at least `confident_
 N draws gets `extra_samples` more. Radii live at the top of the range (p_A = 0.97 certifies 0.47
 sigma less than 0.999), which N = 256 draws cannot resolve; the extra draws go only where the
 base is confident, so they cost a fraction of drawing them for every image.
+Mirror images (`flipped`): each training image's horizontal mirror is labelled too, with its
+own draws, so the surrogate can train on flipped images without borrowing counts that belong to
+another image (a mirrored image's frequencies are close to, not equal to, the original's).
 Reads the base graph through `train_base.graph` (the base.onnx the train-base stage wrote).
-Artifact: `<work>/targets/counts.npy` [N_train, K] (rows sum to N or N + extra_samples), read
-through `load(work)`, and `<work>/targets/meta.json` (N, seed, the executor, samples/s of all
+Artifact: `<work>/targets/counts.npy` [N_train, K] (rows sum to N or N + extra_samples; with
+`flipped`, [2 N_train, K]: the originals, then their mirrors), read through `load(work)` and
+`labelled_images(work, train_images)` (the images its rows belong to), and
+`<work>/targets/meta.json` (N, seed, the executor, samples/s of all
 its workers together against the bare onnxruntime rate of one session on every core).
 """
 
@@ -47,6 +52,19 @@ def load(work: Path) -> np.ndarray:
     return np.load(path)
 
 
+def labelled_images(work: Path, train_images: np.ndarray) -> np.ndarray:
+    """The images the rows of `load(work)` belong to: the first training images, then their
+    mirrors when the targets stage labelled those too."""
+    meta = json.loads((work / FOLDER / META).read_text())
+    images = train_images[: meta["images"] // (2 if meta.get("flipped") else 1)]
+    return mirrored(images) if meta.get("flipped") else images
+
+
+def mirrored(images: np.ndarray) -> np.ndarray:
+    """The images followed by their horizontal mirrors (uint8 [M,3,H,W] -> [2M,3,H,W])."""
+    return np.concatenate([images, images[..., ::-1]])
+
+
 def bare_rate(predict, shape, batch_size: int, seconds: float = 3.0) -> float:
     """Images/s of onnxruntime alone on one fixed batch: the physical limit for labelling."""
     batch = np.random.default_rng(0).random((batch_size, *shape), dtype=np.float32)
@@ -74,8 +92,13 @@ def run(cfg: Config, work: Path) -> Path:
         "seed": c.seed,
         "base_sha256": sha256_of(base),
     }
+    if c.flipped:  # only when set: folders labelled before mirrors existed keep their stamp
+        stamp["flipped"] = True
     executor.claim_folder(out_dir, stamp)
     images, k = ds.train.images[: c.max_images or None], len(ds.classes)
+    labels = ds.train.labels[: len(images)]
+    if c.flipped:
+        images, labels = mirrored(images), np.concatenate([labels, labels])
     chunks = range(0, len(images), c.chunk_images)
     rate = bare_rate(predict, images.shape[1:], c.batch_size)
     shared = {  # the same for every chunk
@@ -116,6 +139,7 @@ def run(cfg: Config, work: Path) -> Path:
         "confident_fraction": c.confident_fraction,
         "images_with_extra_samples": int((sums > c.num_samples).sum()),
         "seed": c.seed,
+        "flipped": c.flipped,
         "images": len(counts),
         "bare_onnxruntime_images_per_s": rate,
         "executor": where,
@@ -130,7 +154,7 @@ def run(cfg: Config, work: Path) -> Path:
             c.batch_size,
         )
     (out_dir / META).write_text(json.dumps(meta, indent=2))
-    agree = (counts.argmax(1) == ds.train.labels[: len(counts)]).mean()
+    agree = (counts.argmax(1) == labels).mean()
     log.info(
         "targets: %d images x N=%d; top class = label on %.1f%%",
         len(counts),

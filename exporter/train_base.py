@@ -23,6 +23,7 @@ from exporter import models, onnx_export
 from exporter.config import Config
 from exporter.training import (
     augment,
+    device,
     load_checkpoint,
     one_cycle_sgd,
     run_epochs,
@@ -61,7 +62,8 @@ def noisy_accuracy(model, images_uint8, labels, sigma: float, seed: int = 0) -> 
     for i in range(0, len(images_uint8), 500):
         x = torch.as_tensor(images_uint8[i : i + 500]).float() / 255.0
         x = x + sigma * torch.randn(x.shape, generator=gen)
-        correct += (model(x).argmax(1).numpy() == labels[i : i + 500]).sum()
+        predicted = model(x.to(next(model.parameters()).device)).argmax(1).cpu().numpy()
+        correct += (predicted == labels[i : i + 500]).sum()
     return float(correct) / len(labels)
 
 
@@ -135,20 +137,21 @@ def run(cfg: Config, work: Path) -> Path:
     ds = data_stage.load(work)
     torch.manual_seed(c.seed)
     mean, std = models.channel_stats(ds.train.images)
-    model = models.build(c.arch, c.widths, len(ds.classes), mean, std)
+    model = models.build(c.arch, c.widths, len(ds.classes), mean, std).to(device())
     steps_per_epoch = len(ds.train.labels) // c.batch_size
     opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.25)
     ckpt = work / CHECKPOINT
     start = load_checkpoint(ckpt, model, opt, sched)
     if start:
         log.info("train-base: resuming after epoch %d of %d", start, c.epochs)
-    x_all = torch.as_tensor(ds.train.images)
-    y_all = torch.as_tensor(ds.train.labels)
+    x_all = torch.as_tensor(ds.train.images).to(device())
+    y_all = torch.as_tensor(ds.train.labels).to(device())
 
     def steps(epoch):
         for idx, gen in shuffled_batches(len(y_all), c.batch_size, c.seed, epoch):
             x = augment(x_all[idx].float() / 255.0, c.augment, c.augment, gen)
-            yield x + sigma * torch.randn(x.shape, generator=gen), y_all[idx]
+            noise = torch.randn(x.shape, generator=gen).to(x.device)
+            yield x + sigma * noise, y_all[idx]
 
     extra = {
         "arch": c.arch,

@@ -4,6 +4,9 @@ Accelerated Smoothing: the surrogate h is trained on clean images with targets c
 the targets stage, under the Jensen-Shannon divergence between softmax(h(x)) and the targets
 (or soft-label cross-entropy with `loss = "ce"`). It starts from the base classifier's weights
 by default: f already knows the classes, h only has to learn how confident f is under noise.
+`widths` makes it wider than f instead (trained from scratch): it runs once per request, not
+10^4 times, so it can afford it. Where the targets stage labelled mirror images, it trains on
+those too, each with its own counts.
 Reads the base checkpoint (`train_base.load`) and the counts (`targets.load`).
 Artifact: the network in both forms, `<work>/surrogate.pt` (resumable per epoch) and
 `<work>/surrogate.onnx` (ends in a softmax; converted when training ends and parity-checked
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from exporter import data as data_stage
@@ -23,6 +27,7 @@ from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
     augment,
+    device,
     load_checkpoint,
     one_cycle_sgd,
     run_epochs,
@@ -45,7 +50,7 @@ def held_out_summary(model, images_uint8, freqs, draws) -> str:
     the surrogate was not fitted to (targets smoothed as in the probit loss)."""
     model.eval()
     x = torch.as_tensor(images_uint8).float() / 255.0
-    logits = model(x)
+    logits = model(x.to(next(model.parameters()).device)).cpu()
     q = torch.as_tensor(freqs)
     top = q.argmax(1, keepdim=True)
     n = torch.as_tensor(draws, dtype=torch.float32).view(-1)
@@ -61,23 +66,34 @@ def run(cfg: Config, work: Path) -> Path:
         torch.set_num_threads(c.threads)
     ds = data_stage.load(work)
     counts = targets.load(work)
+    images = targets.labelled_images(work, ds.train.images)  # with mirrors when labelled
+    originals = len(images) // 2 if len(images) > len(ds.train.images) else len(images)
     draws = counts.sum(1, keepdims=True)  # N per image: adaptive N gives confident ones more
     freqs = torch.as_tensor(counts / draws, dtype=torch.float32)
     fit_to = freqs
     if c.loss in WITH_DRAW_COUNTS:
         fit_to = torch.cat([freqs, torch.as_tensor(draws, dtype=torch.float32)], dim=1)
     base = train_base.load(work)
+    widths = list(c.widths) or list(base["widths"])
+    if c.init_from_base and widths != list(base["widths"]):
+        raise ValueError(
+            f"train_surrogate.widths {widths} differ from the base's {base['widths']}: "
+            "set train_surrogate.init_from_base = false to train it from scratch"
+        )
     torch.manual_seed(c.seed)
-    model = models.build(
-        base["arch"], base["widths"], base["num_classes"], base["mean"], base["std"]
-    )
+    model = models.build(base["arch"], widths, base["num_classes"], base["mean"], base["std"])
     if c.init_from_base:
         model.load_state_dict(base["model"])
-    # the last 2% of training images (at most 1,000) stay out of the fit: a held-out JS loss
-    held = min(1000, max(1, len(freqs) // 50))
-    # (targets may cover only the first images of the training set: targets.max_images)
-    fit, watch = slice(0, len(freqs) - held), slice(len(freqs) - held, len(freqs))
-    x_all, y_all = torch.as_tensor(ds.train.images[fit]), fit_to[fit]
+    model.to(device())
+    # the last 2% of training images (at most 1,000) stay out of the fit, with their mirrors:
+    # a held-out JS loss (targets may cover only the first images: targets.max_images)
+    held = min(1000, max(1, originals // 50))
+    source = np.arange(len(images)) % originals  # the training image each row shows
+    fit = np.flatnonzero(source < originals - held)
+    watch = np.arange(originals - held, originals)
+    # on the training device: a GPU then indexes its batches itself, with no host round trip
+    x_all = torch.as_tensor(images[fit]).to(device())
+    y_all = fit_to[fit].to(device())
     steps_per_epoch = len(y_all) // c.batch_size
     opt, sched = one_cycle_sgd(model, c, steps_per_epoch, pct_start=0.2)
     ckpt = work / CHECKPOINT
@@ -87,9 +103,9 @@ def run(cfg: Config, work: Path) -> Path:
         for idx, gen in shuffled_batches(len(y_all), c.batch_size, c.seed, epoch):
             yield augment(x_all[idx].float() / 255.0, False, c.flip, gen), y_all[idx]
 
-    extra = {key: base[key] for key in ("arch", "widths", "num_classes", "mean", "std", "sigma")}
-    extra |= {"loss": c.loss, "config": cfg.to_dict()}
-    watch_x, watch_y = ds.train.images[watch], freqs[watch].numpy()
+    extra = {key: base[key] for key in ("arch", "num_classes", "mean", "std", "sigma")}
+    extra |= {"widths": widths, "loss": c.loss, "config": cfg.to_dict()}
+    watch_x, watch_y = images[watch], freqs[watch].numpy()
     run_epochs(
         model=model,
         optimizer=opt,

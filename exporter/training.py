@@ -3,13 +3,19 @@
 Data stay one uint8 tensor in memory; a batch is taken by index, converted to [0,1] floats,
 augmented on the tensor (random crop with 4-pixel zero padding, horizontal flip), then noised.
 Checkpoints hold model, optimizer, scheduler, epoch and the stage config, so a killed run resumes
-at the last finished epoch.
+at the last finished epoch. Training runs on `device()`: the CPU unless `using_device` names
+another (`python -m exporter run --device cuda`, or `auto`: a GPU where torch sees one). Batches
+are drawn on the host, as on the CPU, and moved to the device, so a seed gives the same batches
+on either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -18,12 +24,36 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
+_device: ContextVar[str] = ContextVar("exporter_device", default="cpu")
+
+
+def resolve_device(name: str) -> str:
+    """ "auto" -> "cuda" where torch sees a GPU, else "cpu"; any other name as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def device() -> torch.device:
+    """The device the training stages run on (see `using_device`)."""
+    return torch.device(_device.get())
+
+
+@contextlib.contextmanager
+def using_device(name: str) -> Iterator[torch.device]:
+    """Train on `name` ("cpu", "cuda", "cuda:1", "auto") inside this block."""
+    token = _device.set(resolve_device(name))
+    try:
+        yield device()
+    finally:
+        _device.reset(token)
+
 
 def augment(x: torch.Tensor, crop: bool, flip: bool, gen: torch.Generator) -> torch.Tensor:
     """Random 4-pixel-padded crop and/or horizontal flip of a float batch [B,3,H,W]."""
     b, _, h, w = x.shape
     if flip:
-        mask = torch.rand(b, generator=gen) < 0.5
+        mask = (torch.rand(b, generator=gen) < 0.5).to(x.device)
         x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
     if crop:
         padded = F.pad(x, (4, 4, 4, 4))
@@ -55,7 +85,7 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> int:
     """Restore a checkpoint if present; returns the number of finished epochs (0 if none)."""
     if not path.exists():
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     model.load_state_dict(state["model"])
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -95,7 +125,9 @@ def run_epochs(
     frozen_norm=False,
     grad_clip=0.0,
 ):
-    """The loop: for each epoch, `steps(epoch)` yields (inputs, targets); checkpoint per epoch."""
+    """The loop: for each epoch, `steps(epoch)` yields (inputs, targets); checkpoint per epoch.
+    Runs on the device of the model's parameters; each batch is moved there."""
+    on = next(model.parameters()).device
     for epoch in range(start_epoch, epochs):
         model.train()
         if frozen_norm:  # BatchNorm keeps its running statistics: eval mode, weights still train
@@ -105,6 +137,7 @@ def run_epochs(
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         bar = tqdm(steps(epoch), desc=f"{desc} {epoch + 1}/{epochs}", mininterval=5, leave=False)
         for inputs, targets in bar:
+            inputs, targets = inputs.to(on, non_blocking=True), targets.to(on, non_blocking=True)
             out = model(inputs)
             loss = loss_fn(out, targets)
             optimizer.zero_grad(set_to_none=True)

@@ -82,3 +82,44 @@ def test_max_images_labels_a_prefix_of_the_training_set_with_the_same_counts(smo
     some = dataclasses.replace(cfg, targets=dataclasses.replace(cfg.targets, max_images=128))
     counts = np.load(targets.run(some, _copy_work(work, tmp_path / "some")))
     assert np.array_equal(counts, np.load(work / "targets" / "counts.npy")[:128])
+
+
+def _replace(cfg, section, **values):
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)}
+    )
+
+
+def test_flipped_labels_every_mirror_image_with_draws_of_its_own(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    copy = _copy_work(work, tmp_path / "mirrors")
+    counts = np.load(targets.run(_replace(cfg, "targets", flipped=True), copy))
+    train = np.load(copy / "data.npz")["train_x"]
+    assert counts.shape == (2 * len(train), 10)
+    images = targets.labelled_images(copy, train)
+    assert np.array_equal(images[: len(train)], train)
+    assert np.array_equal(images[len(train) :], train[..., ::-1])
+    # chunks of originals alone draw what the plain run drew; the mirrors' counts are drawn, not
+    # copied (the chunk that holds the last originals and the first mirrors has its own stream)
+    whole = len(train) // cfg.targets.chunk_images * cfg.targets.chunk_images
+    assert whole > 0
+    assert np.array_equal(counts[:whole], np.load(work / "targets" / "counts.npy")[:whole])
+    assert not np.array_equal(counts[len(train) :], counts[: len(train)])
+
+
+def test_a_wider_surrogate_trains_from_scratch_on_the_mirror_targets(smoke_run, tmp_path):
+    from exporter import models, train_surrogate
+
+    cfg, work, _ = smoke_run
+    copy = _copy_work(work, tmp_path / "wide")
+    cfg = _replace(cfg, "targets", flipped=True)
+    targets.run(cfg, copy)
+    wide = _replace(cfg, "train_surrogate", widths=(8, 16, 16))
+    with pytest.raises(ValueError, match="init_from_base = false"):
+        train_surrogate.run(wide, copy)
+    train_surrogate.run(
+        _replace(wide, "train_surrogate", widths=(8, 16, 16), init_from_base=False), copy
+    )
+    net = models.from_checkpoint(copy / train_surrogate.CHECKPOINT)
+    first = [m for m in net.modules() if hasattr(m, "out_channels")][0]
+    assert first.out_channels == 8 and train_surrogate.graph(copy).exists()
