@@ -11,7 +11,7 @@ calibrate stage would choose (`exporter.fidelity.fit_rule`), each on the same ca
 images. The surrogates'
 outputs are saved in `ablation.npz` beside the evidence, so `python -m exporter.tables` can
 recompute the table without any network; the figures go to `ablation.json`, which the report
-renders.
+renders. `--append` keeps the variants scored before (from their saved outputs) and adds rows.
 """
 
 from __future__ import annotations
@@ -102,12 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="the bundle's work folder")
     parser.add_argument("--config", required=True, help="the bundle's preset")
     parser.add_argument("--variant", action="append", required=True, metavar="NAME=ONNX")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the variants already scored (their saved outputs) and add these after them",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     ds = data_stage.load(args.work)
     splits = {"calibration": ds.calib, "evaluation": ds.eval, "holdout": ds.holdout}
     arrays, names = {}, []
-    for i, spec in enumerate(args.variant):
+    if args.append and (args.bundle / ABLATION_NPZ).exists():
+        with np.load(args.bundle / ABLATION_NPZ) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+        names = [
+            v["name"] for v in json.loads((args.bundle / ABLATION_JSON).read_text())["variants"]
+        ]
+    for i, spec in enumerate(args.variant, start=len(names)):
         name, _, path = spec.rpartition("=")
         names.append(name)
         for set_name, split in splits.items():

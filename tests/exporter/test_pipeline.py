@@ -102,6 +102,13 @@ def test_the_ablation_is_scored_on_the_bundles_evidence_and_recomputed_from_it(s
     assert "## Ablation" in (copy / "report.md").read_text()
     assert tables.differences(copy) == []
     assert read_manifest(copy).sha256["ablation.npz"] == sha256(copy / "ablation.npz")
+    # --append keeps the rows scored before (from their saved outputs) and adds the new ones
+    more = ["--append", "--variant", f"third={work / 'surrogate.onnx'}"]
+    assert ablation.main(argv + more) == 0
+    grown = json.loads((copy / "ablation.json").read_text())
+    assert [v["name"] for v in grown["variants"]] == ["smoke CE-probit", "same again", "third"]
+    assert grown["variants"][0]["rows"] == first and grown["variants"][2]["rows"] == first
+    assert tables.differences(copy) == []
 
 
 def test_report_covers_the_hold_out_images_and_the_calibration_rule(smoke_run):
