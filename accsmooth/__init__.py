@@ -5,6 +5,7 @@
     accsmooth.sampling   SAMPLEUNDERNOISE and Monte-Carlo CERTIFY on any predict callable
     accsmooth.runtime    onnxruntime sessions: providers, threads, `OnnxPredictor`
     accsmooth.bundle     the bundle format: `Manifest`, `FORMAT_VERSION`, `sha256_of`, checks
+    accsmooth.images     image bytes -> float32 [3,H,W] model input, an `ImageError` per refusal
 
 Never imports torch, FastAPI or anything of `server/` or `exporter/`.
 """

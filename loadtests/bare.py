@@ -1,7 +1,8 @@
 """Bare onnxruntime rates of a bundle's graphs: the physical limit the HTTP figures are held to.
 
-The sessions are built exactly as the server builds them (`Settings().fast_runtime()` for the
-surrogate, `sampled_runtime()` for the base model), on real CIFAR-10 images, so the ratio
+The sessions are built exactly as the server builds them (the fast path's session options for
+the surrogate, the audits' for the base model, as `python -m server.settings` gives them: see
+`loadtests.serve.server_settings`), on real CIFAR-10 images, so the ratio
 "HTTP rate / bare rate" measures what the service costs on top of the model.
 
     python -m loadtests.bare models/cifar10-sigma0.25            # prints JSON
@@ -22,7 +23,7 @@ from PIL import Image
 from accsmooth.bundle import read_manifest
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from loadtests.images import load_images
-from server.settings import Settings
+from loadtests.serve import server_settings
 
 SURROGATE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -62,40 +63,44 @@ def _batch(images: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(images, (reps, 1, 1, 1))[:size])
 
 
+def runtime_options(values: dict) -> RuntimeOptions:
+    """`RuntimeOptions` from their JSON form (`server_settings()["fast_runtime"]`, ...)."""
+    return RuntimeOptions(**values | {"providers": tuple(values["providers"])})
+
+
 def surrogate_rates(
-    bundle: Path, settings: Settings, seconds: float = 2.0, batches=SURROGATE_BATCHES
+    bundle: Path, options: RuntimeOptions, seconds: float = 2.0, batches=SURROGATE_BATCHES
 ):
-    """The surrogate's rate at each batch size, with the server's fast-path session options."""
+    """The surrogate's rate at each batch size, with the server's fast-path session `options`."""
     manifest = read_manifest(bundle)
-    predict = OnnxPredictor(
-        make_session(bundle / manifest.graphs.surrogate.file, settings.fast_runtime())
-    )
+    predict = OnnxPredictor(make_session(bundle / manifest.graphs.surrogate.file, options))
     images = image_tensor(64, manifest.input.shape)
     rows = [time_calls(predict, _batch(images, b), seconds) for b in batches]
     best = max(rows, key=lambda r: r["images_per_s"])
     return {
-        "options": _describe(settings.fast_runtime()),
+        "options": _describe(options),
         "by_batch": rows,
         "batch_1": rows[0] if rows[0]["batch"] == 1 else None,
         "best": best,
     }
 
 
-def base_rates(bundle: Path, settings: Settings, batch_size: int, seconds: float = 3.0) -> dict:
-    """The base model on noisy images at the audit batch size: with the audit session's thread
-    budget (ACCSMOOTH_SAMPLED_THREADS) and with every core."""
+def base_rates(
+    bundle: Path, options: RuntimeOptions, batch_size: int, seconds: float = 3.0
+) -> dict:
+    """The base model on noisy images at the audit batch size: with the audit sessions' `options`
+    (their thread budget: ACCSMOOTH_SAMPLED_THREADS) and with every core."""
     manifest = read_manifest(bundle)
     rng = np.random.default_rng(0)
     x = _batch(image_tensor(64, manifest.input.shape), batch_size)
     x = x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(manifest.sigma)
     out = {}
-    budget = settings.sampled_runtime()
-    for label, options in (
-        ("audit_threads", budget),
-        ("all_cores", replace(budget, intra_op_threads=0)),
+    for label, each in (
+        ("audit_threads", options),
+        ("all_cores", replace(options, intra_op_threads=0)),
     ):
-        predict = OnnxPredictor(make_session(bundle / manifest.graphs.base.file, options))
-        out[label] = time_calls(predict, x, seconds) | {"options": _describe(options)}
+        predict = OnnxPredictor(make_session(bundle / manifest.graphs.base.file, each))
+        out[label] = time_calls(predict, x, seconds) | {"options": _describe(each)}
     return out
 
 
@@ -109,6 +114,9 @@ def _describe(options: RuntimeOptions) -> dict:
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "models/cifar10-sigma0.25")
-    s = Settings(providers=("CPUExecutionProvider",))
-    report = {"surrogate": surrogate_rates(folder, s, 1.0), "base": base_rates(folder, s, 256, 1.0)}
+    server = server_settings({"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider"})
+    report = {
+        "surrogate": surrogate_rates(folder, runtime_options(server["fast_runtime"]), 1.0),
+        "base": base_rates(folder, runtime_options(server["sampled_runtime"]), 256, 1.0),
+    }
     print(json.dumps(report, indent=1))

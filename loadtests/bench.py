@@ -35,9 +35,8 @@ from loadtests import bare, wrk
 from loadtests.audits import AuditStreams, audit, certify_latency, peak_rss_during
 from loadtests.images import load_images
 from loadtests.machine import machine_facts
-from loadtests.serve import REPO, ServerProcess, single_bundle_dir
+from loadtests.serve import REPO, ServerProcess, server_settings, single_bundle_dir
 from loadtests.table import goals_table, print_table
-from server.settings import Settings
 
 RESULTS = REPO / "loadtests" / "results"
 
@@ -180,7 +179,8 @@ def main(argv=None) -> None:
     folders = sorted(p for p in args.models_dir.iterdir() if (p / "manifest.json").exists())
     bundle = args.models_dir / args.model if args.model else folders[0]
     manifest = read_manifest(bundle)
-    settings = Settings(providers=Settings().providers)
+    configured = server_settings()  # what the server started below runs with
+    settings = configured["settings"]
     clients = [int(c) for c in args.clients.split(",")]
     ns = [int(n) for n in args.ns.split(",")]
     report: dict = {
@@ -202,13 +202,18 @@ def main(argv=None) -> None:
         "sampled_threads",
         "sampled_batch_size",
     )
-    report["server_settings"] = {"workers": 1} | {k: getattr(settings, k) for k in keys}
+    report["server_settings"] = {"workers": 1} | {k: settings[k] for k in keys}
     t_start = time.perf_counter()
     print("bare onnxruntime ...", flush=True)
     bare_seconds = 0.5 if args.quick else 2.0
-    report["bare_surrogate"] = bare.surrogate_rates(bundle, settings, bare_seconds)
+    report["bare_surrogate"] = bare.surrogate_rates(
+        bundle, bare.runtime_options(configured["fast_runtime"]), bare_seconds
+    )
     report["bare_base"] = bare.base_rates(
-        bundle, settings, settings.sampled_batch_size, bare_seconds
+        bundle,
+        bare.runtime_options(configured["sampled_runtime"]),
+        settings["sampled_batch_size"],
+        bare_seconds,
     )
     image = load_images(limit=1, png_every=1)[0]
     models_dir = single_bundle_dir(bundle)  # the server holds this bundle only

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -60,6 +61,23 @@ def _status(url: str) -> int | None:
         return exc.code
     except OSError:
         return None
+
+
+def server_settings(env: dict[str, str] | None = None, code_dir=REPO) -> dict:
+    """What a server started from `code_dir` with this environment (plus `env`) runs with, as
+    `python -m server.settings` prints it: `{"settings", "fast_runtime", "sampled_runtime"}`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "server.settings"],
+        cwd=code_dir,
+        env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(
+            f"python -m server.settings exited with {done.returncode}:\n{done.stderr}"
+        )
+    return json.loads(done.stdout)
 
 
 def single_bundle_dir(bundle: Path) -> Path:

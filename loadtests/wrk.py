@@ -27,7 +27,7 @@ from pathlib import Path
 
 from accsmooth.bundle import read_manifest
 from loadtests.images import load_images
-from loadtests.serve import REPO, ServerProcess, single_bundle_dir
+from loadtests.serve import REPO, ServerProcess, server_settings, single_bundle_dir
 
 # wrk calls done() once at the end: print the figures as one JSON line (latency in us).
 SCRIPT = """
@@ -169,10 +169,9 @@ def wrk_section(server, model: str, image: bytes, connections, seconds, warmup, 
 def bare_batch1(bundle: Path, seconds: float) -> dict:
     """Bare onnxruntime, the surrogate at batch 1, with the server's fast-path options."""
     from loadtests import bare
-    from server.settings import Settings
 
-    settings = Settings(providers=Settings().providers)
-    return bare.surrogate_rates(bundle, settings, seconds, batches=(1,))["batch_1"]
+    options = bare.runtime_options(server_settings()["fast_runtime"])
+    return bare.surrogate_rates(bundle, options, seconds, batches=(1,))["batch_1"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

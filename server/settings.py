@@ -6,11 +6,15 @@ reads the environment at import time. Validators fail fast on nonsense values, s
 deployment stops the process at start instead of surfacing as odd behaviour under load.
 
     ACCSMOOTH_MODELS_DIR=models ACCSMOOTH_MAX_BATCH=32 python -m server --port 8000
+
+`python -m server.settings` prints, as JSON, the settings this environment gives and the
+onnxruntime session options the server builds from them (the load tests read them this way).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -160,3 +164,16 @@ class Settings(BaseSettings):
             trt_engine_cache_dir=str(self.trt_engine_cache_dir or "") or None,
             trt_fp16=self.trt_fp16,
         )
+
+
+def describe(settings: Settings) -> dict:
+    """`settings` as JSON values (the API key masked), with the session options built from them."""
+    return {
+        "settings": settings.model_dump(mode="json"),
+        "fast_runtime": asdict(settings.fast_runtime()),
+        "sampled_runtime": asdict(settings.sampled_runtime()),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(describe(Settings()), indent=1))

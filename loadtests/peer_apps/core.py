@@ -1,6 +1,6 @@
 """What every peer framework serves in `make bench-peers`: accsmooth's certificate, the same work.
 
-Decode the PNG (`server.images.imaging`), run the surrogate with onnxruntime (one thread, as the
+Decode the PNG (`accsmooth.images`), run the surrogate with onnxruntime (one thread, as the
 server's default), turn its probabilities into the calibrated certificate with the shared rule
 (`accsmooth.smoothing`, the bundle's n, alpha, sigma and shift), and answer the same JSON fields as
 /certify. Needs only numpy, scipy, onnxruntime, Pillow and pydantic in the peer's environment,
@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 
 from accsmooth.bundle import read_manifest
+from accsmooth.images import decode_image
 from accsmooth.smoothing import certify_from_probabilities
-from server.images.imaging import decode_image
 
 
 class Certifier:

@@ -15,12 +15,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from accsmooth.images import DecodedImage
 from accsmooth.smoothing import Certificate
 from server import metrics
 from server.http.errors import AccsmoothError
 from server.http.schemas import SurrogateCertificate
 from server.images.decoder import Decoder
-from server.images.imaging import DecodedImage
 from server.registry import LoadedModel
 
 if TYPE_CHECKING:

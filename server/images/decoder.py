@@ -22,7 +22,8 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from server.images.imaging import DecodedImage, decode_image, header_size
+from accsmooth.images import DecodedImage, header_size
+from server.images.imaging import decode_image
 from server.threads import lower_thread_priority
 
 INLINE_BYTES = 64 << 10  # model-size images up to this size are decoded on the event loop

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,18 @@ def encode(array: np.ndarray, fmt: str = "PNG", mode: str | None = None) -> byte
 def solid(value: int, size: tuple[int, int] = (8, 8), fmt: str = "PNG") -> bytes:
     """A solid RGB image of one 8-bit value, size (height, width)."""
     return encode(np.full((*size, 3), value, dtype=np.uint8), fmt)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with a tiny (incomplete) data stream."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def rehash(folder: Path) -> None:

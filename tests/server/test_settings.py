@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 from pydantic import ValidationError
 
-from server.settings import Settings
+from server.settings import Settings, describe
 
 
 def test_every_field_reads_its_accsmooth_variable(monkeypatch, tmp_path):
@@ -49,3 +52,12 @@ def test_audit_sessions_get_few_threads_and_the_fast_path_all():
     assert settings.sampled_runtime().intra_op_threads == 1
     assert settings.fast_runtime().intra_op_threads == 0
     assert settings.fast_runtime().trt_fp16 is True
+
+
+def test_describe_gives_json_values_and_the_session_options_with_the_key_masked():
+    settings = Settings(api_key="secret", intra_op_threads=2, sampled_threads=3)
+    described = describe(settings)
+    assert described["settings"]["api_key"] == "**********"
+    assert "secret" not in json.dumps(described)
+    assert described["fast_runtime"] == asdict(settings.fast_runtime())
+    assert described["sampled_runtime"]["intra_op_threads"] == 3
