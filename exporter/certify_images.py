@@ -63,6 +63,17 @@ def saved_counts(out_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return counts0, np.concatenate([p["counts"] for p in parts])
 
 
+def samplers(out_dir: Path) -> dict[str, int]:
+    """{sampler: chunks} of the chunks in `out_dir` ("numpy" for chunks written before chunks
+    said which sampler drew them)."""
+    found: dict[str, int] = {}
+    for chunk in sorted(out_dir.glob("chunk_?????.npz")):
+        with np.load(chunk) as saved:
+            name = str(saved["sampler"]) if "sampler" in saved.files else "numpy"
+        found[name] = found.get(name, 0) + 1
+    return found
+
+
 def certify_all(
     base_onnx: Path,
     images_uint8: np.ndarray,

@@ -30,7 +30,7 @@ from accsmooth.smoothing import certify_from_probabilities, max_certifiable_radi
 from exporter import bundle, calibrate
 from exporter import data as data_stage
 from exporter.calibrate import evidence
-from exporter.certify_images import saved_counts
+from exporter.certify_images import samplers, saved_counts
 from exporter.config import Config
 from exporter.fidelity import Protocol, save_evidence, tables
 from exporter.report import render, save_report, write_plot
@@ -121,6 +121,8 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         # and the work folder's stage times as last recorded (a resumed stage records only
         # what it had left to do)
         "monte_carlo_seconds": {name: float(t.sum()) for name, t in seconds.items()},
+        # which sampler drew each set's chunks: numpy (onnxruntime on CPUs) or torch (a GPU)
+        "monte_carlo_samplers": {name: samplers(work / MONTE_CARLO[name]) for name in sets},
         "stage_seconds": load_timings(work),
         "max_certifiable_radius": max_certifiable_radius(b.n, b.alpha, b.sigma),
         "max_radius_at_100k": max_certifiable_radius(100_000, b.alpha, b.sigma),

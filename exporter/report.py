@@ -139,6 +139,16 @@ def _time_lines(r: dict) -> list[str]:
             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["monte_carlo_seconds"].items())
             + "."
         )
+    if r.get("monte_carlo_samplers"):
+        lines.append(
+            "Monte-Carlo chunks by sampler (numpy: onnxruntime on CPU cores; torch: PyTorch on a "
+            "GPU, float32, the same graph's checkpoint): "
+            + "; ".join(
+                f"{k} " + ", ".join(f"{s} {n}" for s, n in v.items())
+                for k, v in r["monte_carlo_samplers"].items()
+            )
+            + "."
+        )
     if r.get("stage_seconds"):
         lines.append(
             "Stage times last recorded in the work folder (a resumed stage records only what it "

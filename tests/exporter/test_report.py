@@ -1,15 +1,20 @@
 """report.md's reference points and reproduce line, from the committed presets."""
 
+import json
+
 import pytest
 import tomllib
 
 from exporter.report import CONFIGS, REFERENCE, REFERENCE_NAME, _reference_row, preset_for
 
+BUNDLES = sorted(p.parent for p in (CONFIGS.parents[1] / "models").glob("cifar10-*/manifest.json"))
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("cifar10-*cpu.toml")), ids=lambda p: p.name)
-def test_each_shipped_preset_is_the_one_its_bundle_report_names(path):
-    name = tomllib.loads(path.read_text())["bundle"]["name"]
-    assert preset_for(name) == f"exporter/configs/{path.name}"
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_each_committed_bundle_names_the_preset_of_its_version(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    preset = tomllib.loads((CONFIGS.parents[1] / preset_for(bundle.name)).read_text())["bundle"]
+    assert (preset["name"], preset["version"]) == (bundle.name, manifest["version"])
 
 
 def test_experiment_presets_sharing_a_bundle_name_are_not_named():
