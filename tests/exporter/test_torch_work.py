@@ -134,3 +134,29 @@ def test_the_torch_executor_needs_the_checkpoint_beside_the_graph(tiny_base, tmp
     lonely.write_bytes(graph.read_bytes())
     with TorchExecutor("cpu") as ex, pytest.raises(FileNotFoundError, match="base.pt"):
         list(ex.map(chunk_work.certify_chunk, lonely, [(0, {"images_uint8": images})]))
+
+
+def test_the_device_option_picks_the_torch_executor_for_a_gpu_and_the_pool_for_the_cpu():
+    import argparse
+
+    from exporter import __main__ as cli
+    from exporter.executor import LocalExecutor
+    from exporter.training import device, resolve_device, using_device
+
+    args = argparse.Namespace(ray=False, ray_address=None, workers=1)
+    assert isinstance(cli.make_executor(args, "cpu"), LocalExecutor)
+    on_gpu = cli.make_executor(args, "cuda")  # built without touching a GPU: only its runs do
+    assert isinstance(on_gpu, TorchExecutor) and on_gpu.device.type == "cuda"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cuda:1") == "cuda:1"
+    with using_device("cpu"):
+        assert device().type == "cpu"
+
+
+def test_chunks_written_before_samplers_were_recorded_count_as_numpy(tmp_path):
+    from exporter.certify_images import samplers
+
+    np.savez(tmp_path / "chunk_00000.npz", counts=np.zeros((1, 10)))
+    np.savez(tmp_path / "chunk_00001.npz", counts=np.zeros((1, 10)), sampler="torch")
+    np.savez(tmp_path / "chunk_00002.npz", counts=np.zeros((1, 10)), sampler="torch")
+    assert samplers(tmp_path) == {"numpy": 1, "torch": 2}
