@@ -91,6 +91,10 @@ class TrainSurrogateConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     flip: bool = True  # horizontal flips (the counts of a mirrored image are close to equal)
+    # online targets (0 = off): this fraction of every batch is replaced by crops and flips of
+    # its images, each labelled there and then with the base's counts over online_samples draws
+    online_samples: int = 0
+    online_fraction: float = 0.5
     # max L2 norm of the gradient per step (0 = no clipping): a base imported with folded
     # BatchNorm has no batch statistics to tame its gradients, and diverges at lr >= 0.01
     grad_clip: float = 0.0

@@ -6,7 +6,9 @@ the targets stage, under the Jensen-Shannon divergence between softmax(h(x)) and
 by default: f already knows the classes, h only has to learn how confident f is under noise.
 `widths` makes it wider than f instead (trained from scratch): it runs once per request, not
 10^4 times, so it can afford it. Where the targets stage labelled mirror images, it trains on
-those too, each with its own counts.
+those too, each with its own counts. `online_samples` labels part of every batch during
+training instead: crops and flips of the training images, each with the base's counts over that
+many noisy draws (`online_labeller`; a GPU's work).
 Reads the base checkpoint (`train_base.load`) and the counts (`targets.load`).
 Artifact: the network in both forms, `<work>/surrogate.pt` (resumable per epoch) and
 `<work>/surrogate.onnx` (ends in a softmax; converted when training ends and parity-checked
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from exporter import data as data_stage
-from exporter import models, onnx_export, targets, train_base
+from exporter import models, onnx_export, targets, torch_work, train_base
 from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
@@ -36,6 +38,7 @@ from exporter.training import (
 
 log = logging.getLogger(__name__)
 CHECKPOINT, GRAPH = "surrogate.pt", "surrogate.onnx"
+ONLINE_BATCH = 32_768  # noisy images per forward pass of the base when labelling online
 
 
 def graph(work: Path) -> Path:
@@ -58,6 +61,30 @@ def held_out_summary(model, images_uint8, freqs, draws) -> str:
     p_top = torch.softmax(logits, 1).gather(1, top).squeeze(1).clamp(1e-6, 1 - 1e-6)
     probit = (torch.special.ndtri(p_top) - torch.special.ndtri(q_top)).abs().mean()
     return f"held-out JS {float(js_divergence(logits, q)):.4f} probit MAE {float(probit):.3f}"
+
+
+def online_labeller(cfg: Config, work: Path):
+    """label(images, epoch) -> targets for images made during training (crops and flips of
+    the training images): the base's counts over `online_samples` noisy draws each, drawn on
+    the training device from a stream seeded by (seed, epoch), in the loss's target layout.
+    Fresh images and fresh noise every epoch: the surrogate never sees the same target twice,
+    and no augmentation borrows counts drawn for another image. One batch costs
+    batch_size * online_fraction * online_samples forward passes of the base (a GPU's work)."""
+    c, sigma = cfg.train_surrogate, cfg.bundle.sigma
+    base, k = train_base.network(work).to(device()), int(train_base.load(work)["num_classes"])
+
+    def label(images: torch.Tensor, epoch: int) -> torch.Tensor:
+        gen = torch_work.generator(images.device, c.seed, epoch)
+        counts = torch_work.sample_counts(
+            base, images, c.online_samples, sigma, k, ONLINE_BATCH, gen
+        )
+        freqs = counts.float() / c.online_samples
+        if c.loss in WITH_DRAW_COUNTS:
+            n = torch.full((len(images), 1), float(c.online_samples), device=images.device)
+            freqs = torch.cat([freqs, n], dim=1)
+        return freqs
+
+    return label
 
 
 def run(cfg: Config, work: Path) -> Path:
@@ -99,9 +126,16 @@ def run(cfg: Config, work: Path) -> Path:
     ckpt = work / CHECKPOINT
     start = load_checkpoint(ckpt, model, opt, sched)
 
+    label = online_labeller(cfg, work) if c.online_samples else None
+
     def steps(epoch):
         for idx, gen in shuffled_batches(len(y_all), c.batch_size, c.seed, epoch):
-            yield augment(x_all[idx].float() / 255.0, False, c.flip, gen), y_all[idx]
+            x, y = augment(x_all[idx].float() / 255.0, False, c.flip, gen), y_all[idx]
+            if label is not None:  # part of the batch: new images, labelled now
+                k = int(round(c.online_fraction * len(idx)))
+                fresh = augment(x[:k], True, True, gen)
+                x, y = torch.cat([fresh, x[k:]]), torch.cat([label(fresh, epoch), y[k:]])
+            yield x, y
 
     extra = {key: base[key] for key in ("arch", "num_classes", "mean", "std", "sigma")}
     extra |= {"widths": widths, "loss": c.loss, "config": cfg.to_dict()}

@@ -123,3 +123,13 @@ def test_a_wider_surrogate_trains_from_scratch_on_the_mirror_targets(smoke_run, 
     net = models.from_checkpoint(copy / train_surrogate.CHECKPOINT)
     first = [m for m in net.modules() if hasattr(m, "out_channels")][0]
     assert first.out_channels == 8 and train_surrogate.graph(copy).exists()
+
+
+def test_a_surrogate_trains_with_online_targets(smoke_run, tmp_path):
+    from exporter import train_surrogate
+
+    cfg, work, _ = smoke_run
+    copy = _copy_work(work, tmp_path / "online")
+    shutil.copytree(work / "targets", copy / "targets")
+    train_surrogate.run(_replace(cfg, "train_surrogate", online_samples=8), copy)
+    assert train_surrogate.graph(copy).exists()

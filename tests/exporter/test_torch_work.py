@@ -160,3 +160,31 @@ def test_chunks_written_before_samplers_were_recorded_count_as_numpy(tmp_path):
     np.savez(tmp_path / "chunk_00001.npz", counts=np.zeros((1, 10)), sampler="torch")
     np.savez(tmp_path / "chunk_00002.npz", counts=np.zeros((1, 10)), sampler="torch")
     assert samplers(tmp_path) == {"numpy": 1, "torch": 2}
+
+
+def test_online_targets_are_the_bases_frequencies_with_fresh_draws_every_epoch(tiny_base, tmp_path):
+    import dataclasses
+    import shutil
+
+    from exporter import train_surrogate
+    from exporter.config import Config
+
+    _, checkpoint, images = tiny_base
+    shutil.copy(checkpoint, tmp_path / "base.pt")
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        bundle=dataclasses.replace(cfg.bundle, sigma=SIGMA),
+        train_surrogate=dataclasses.replace(
+            cfg.train_surrogate, online_samples=400, loss="ce_probit"
+        ),
+    )
+    label = train_surrogate.online_labeller(cfg, tmp_path)
+    x = torch.as_tensor(images).float() / 255.0
+    first, again, later = label(x, 0), label(x, 0), label(x, 1)
+    assert first.shape == (len(images), 11) and (first[:, -1] == 400).all()  # frequencies, N
+    assert torch.allclose(first[:, :-1].sum(1), torch.ones(len(images)))
+    assert torch.equal(first, again) and not torch.equal(first, later)  # fresh draws per epoch
+    # the same frequencies as the Monte-Carlo chunks estimate (another stream)
+    counts, _ = _label(torch_work.label_chunk, models.from_checkpoint(checkpoint), images)
+    assert np.abs(first[:, :-1].numpy() - counts / 2000).max() < 0.1
