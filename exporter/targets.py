@@ -52,10 +52,15 @@ def load(work: Path) -> np.ndarray:
     return np.load(path)
 
 
+def load_meta(work: Path) -> dict:
+    """meta.json of the targets stage (N, seed, flipped, images, rates)."""
+    return json.loads((work / FOLDER / META).read_text())
+
+
 def labelled_images(work: Path, train_images: np.ndarray) -> np.ndarray:
     """The images the rows of `load(work)` belong to: the first training images, then their
     mirrors when the targets stage labelled those too."""
-    meta = json.loads((work / FOLDER / META).read_text())
+    meta = load_meta(work)
     images = train_images[: meta["images"] // (2 if meta.get("flipped") else 1)]
     return mirrored(images) if meta.get("flipped") else images
 

@@ -64,19 +64,19 @@ def held_out_summary(model, images_uint8, freqs, draws) -> str:
 
 
 def online_labeller(cfg: Config, work: Path):
-    """label(images, epoch) -> targets for images made during training (crops and flips of
+    """label(images, noise) -> targets for images made during training (crops and flips of
     the training images): the base's counts over `online_samples` noisy draws each, drawn on
-    the training device from a stream seeded by (seed, epoch), in the loss's target layout.
+    the training device from the generator `noise` (one per epoch, seeded by (seed, epoch), so
+    a resumed run draws what an uninterrupted one would), in the loss's target layout.
     Fresh images and fresh noise every epoch: the surrogate never sees the same target twice,
     and no augmentation borrows counts drawn for another image. One batch costs
     batch_size * online_fraction * online_samples forward passes of the base (a GPU's work)."""
     c, sigma = cfg.train_surrogate, cfg.bundle.sigma
     base, k = train_base.network(work).to(device()), int(train_base.load(work)["num_classes"])
 
-    def label(images: torch.Tensor, epoch: int) -> torch.Tensor:
-        gen = torch_work.generator(images.device, c.seed, epoch)
+    def label(images: torch.Tensor, noise: torch.Generator) -> torch.Tensor:
         counts = torch_work.sample_counts(
-            base, images, c.online_samples, sigma, k, ONLINE_BATCH, gen
+            base, images, c.online_samples, sigma, k, ONLINE_BATCH, noise
         )
         freqs = counts.float() / c.online_samples
         if c.loss in WITH_DRAW_COUNTS:
@@ -94,7 +94,7 @@ def run(cfg: Config, work: Path) -> Path:
     ds = data_stage.load(work)
     counts = targets.load(work)
     images = targets.labelled_images(work, ds.train.images)  # with mirrors when labelled
-    originals = len(images) // 2 if len(images) > len(ds.train.images) else len(images)
+    originals = len(images) // 2 if targets.load_meta(work).get("flipped") else len(images)
     draws = counts.sum(1, keepdims=True)  # N per image: adaptive N gives confident ones more
     freqs = torch.as_tensor(counts / draws, dtype=torch.float32)
     fit_to = freqs
@@ -129,12 +129,13 @@ def run(cfg: Config, work: Path) -> Path:
     label = online_labeller(cfg, work) if c.online_samples else None
 
     def steps(epoch):
+        noise = torch_work.generator(device(), c.seed, epoch) if label else None
         for idx, gen in shuffled_batches(len(y_all), c.batch_size, c.seed, epoch):
             x, y = augment(x_all[idx].float() / 255.0, False, c.flip, gen), y_all[idx]
             if label is not None:  # part of the batch: new images, labelled now
                 k = int(round(c.online_fraction * len(idx)))
                 fresh = augment(x[:k], True, True, gen)
-                x, y = torch.cat([fresh, x[k:]]), torch.cat([label(fresh, epoch), y[k:]])
+                x, y = torch.cat([fresh, x[k:]]), torch.cat([label(fresh, noise), y[k:]])
             yield x, y
 
     extra = {key: base[key] for key in ("arch", "num_classes", "mean", "std", "sigma")}

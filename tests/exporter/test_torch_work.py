@@ -181,7 +181,13 @@ def test_online_targets_are_the_bases_frequencies_with_fresh_draws_every_epoch(t
     )
     label = train_surrogate.online_labeller(cfg, tmp_path)
     x = torch.as_tensor(images).float() / 255.0
-    first, again, later = label(x, 0), label(x, 0), label(x, 1)
+
+    def stream(epoch):
+        return torch_work.generator(torch.device("cpu"), 0, epoch)
+
+    first, again, later = label(x, stream(0)), label(x, stream(0)), label(x, stream(1))
+    one_stream = stream(0)
+    assert not torch.equal(label(x, one_stream), label(x, one_stream))  # batches draw anew
     assert first.shape == (len(images), 11) and (first[:, -1] == 400).all()  # frequencies, N
     assert torch.allclose(first[:, :-1].sum(1), torch.ones(len(images)))
     assert torch.equal(first, again) and not torch.equal(first, later)  # fresh draws per epoch
