@@ -28,7 +28,7 @@ _device: ContextVar[str] = ContextVar("exporter_device", default="cpu")
 
 
 def resolve_device(name: str) -> str:
-    """ "auto" -> "cuda" where torch sees a GPU, else "cpu"; any other name as given."""
+    """The torch device `name` means: "auto" is "cuda" where torch sees a GPU, else "cpu"."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
