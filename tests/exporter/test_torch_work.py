@@ -194,3 +194,14 @@ def test_online_targets_are_the_bases_frequencies_with_fresh_draws_every_epoch(t
     # the same frequencies as the Monte-Carlo chunks estimate (another stream)
     counts, _ = _label(torch_work.label_chunk, models.from_checkpoint(checkpoint), images)
     assert np.abs(first[:, :-1].numpy() - counts / 2000).max() < 0.1
+
+
+def test_gpu_check_reports_agreement_and_rates_on_a_work_folder(smoke_run, capsys):
+    from exporter import gpu_check
+
+    _, work, _ = smoke_run
+    argv = ["--work", str(work), "--device", "cpu", "--images", "5", "--draws", "20"]
+    gpu_check.main([*argv, "--batch", "64"])
+    out = capsys.readouterr().out
+    assert "same class as onnxruntime: 100 of 100 noisy images (1.000000)" in out
+    assert "cpu: " in out and "noisy samples/s at batch 64" in out
