@@ -46,14 +46,26 @@ def label_chunk(
     """
     x = to_float(images_uint8)
     rng = np.random.default_rng([seed, index])
-    counts = sample_counts(predict, x, num_samples, sigma, num_classes, batch_size, rng)
-    drawn = len(x) * num_samples
+
+    def draw(rows, num):
+        return sample_counts(predict, x[rows], num, sigma, num_classes, batch_size, rng)
+
+    return adaptive_counts(draw, num_samples, extra_samples, confident_fraction)
+
+
+def adaptive_counts(
+    draw, num_samples: int, extra_samples: int, confident_fraction: float
+) -> tuple[np.ndarray, int]:
+    """Adaptive N, whichever sampler draws: `draw(rows, num)` -> counts [len(rows), K] (numpy)
+    of `num` noisy draws for the chunk's images `rows` (a slice or a boolean mask). Every image
+    gets `num_samples` draws; one whose top class took at least `confident_fraction` of them
+    gets `extra_samples` more. Returns (counts [M, K], draws made)."""
+    counts = draw(slice(None), num_samples)
+    drawn = len(counts) * num_samples
     if extra_samples:
         confident = counts.max(1) >= confident_fraction * num_samples
         if confident.any():
-            counts[confident] += sample_counts(
-                predict, x[confident], extra_samples, sigma, num_classes, batch_size, rng
-            )
+            counts[confident] += draw(confident, extra_samples)
         drawn += int(confident.sum()) * extra_samples
     return counts, drawn
 

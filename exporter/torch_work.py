@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from exporter import chunk_work
+
 SAMPLER = "torch"  # chunk files say which sampler drew them ("numpy" for onnxruntime chunks)
 
 
@@ -79,16 +81,13 @@ def label_chunk(
     """`chunk_work.label_chunk` on the device: counts [M, K] and the number of draws."""
     x = _to_device(net, images_uint8)
     gen = generator(x.device, seed, index)
-    counts = sample_counts(net, x, num_samples, sigma, num_classes, batch_size, gen)
-    drawn = len(x) * num_samples
-    if extra_samples:
-        confident = counts.max(1).values >= confident_fraction * num_samples
-        if bool(confident.any()):
-            counts[confident] += sample_counts(
-                net, x[confident], extra_samples, sigma, num_classes, batch_size, gen
-            )
-        drawn += int(confident.sum()) * extra_samples
-    return counts.cpu().numpy(), drawn
+
+    def draw(rows, num):
+        rows = rows if isinstance(rows, slice) else torch.as_tensor(rows, device=x.device)
+        counts = sample_counts(net, x[rows], num, sigma, num_classes, batch_size, gen)
+        return counts.cpu().numpy()
+
+    return chunk_work.adaptive_counts(draw, num_samples, extra_samples, confident_fraction)
 
 
 def certify_chunk(
