@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import metrics
 from server.http.errors import AccsmoothError, ClientDisconnected, error_body, status_of
@@ -119,9 +120,39 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def create_app(settings: Settings) -> FastAPI:
+class AccsmoothApp(FastAPI):
+    """FastAPI behind the request gate: every HTTP request first passes, once, the HTTP metrics,
+    admission limit, body deadline and body limit (`server.http.middleware`); then a plain
+    raw-body POST /certify is answered by the fast path (`server.http.fastpath`) and everything
+    else goes on to FastAPI's own stack (its error middleware, the router). The gate sits in
+    front of FastAPI rather than inside it so that the fast path skips FastAPI's layers, which
+    it does not use, while sharing the very same limit instances with the routes."""
+
+    gate: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.gate is not None:
+            await self.gate(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's stack and router, behind the gate."""
+        await super().__call__(scope, receive, send)
+
+
+def gate(app: AccsmoothApp, settings: Settings) -> ASGIApp:
+    """The limits and metrics every HTTP request passes, outermost first, and the fast path."""
+    inner = FastCertify(app.routed, state=app.state)
+    inner = BodyLimit(inner, max_bytes=settings.max_body_bytes)
+    inner = BodyDeadline(inner, timeout_s=settings.body_timeout_s, drain=app.state.drain)
+    inner = AdmissionLimit(inner, limit=settings.max_in_flight)
+    return HttpMetrics(inner)  # outermost: counts the 413s too
+
+
+def create_app(settings: Settings) -> AccsmoothApp:
     """A new app serving `settings.models_dir`; bundles load when the app starts."""
-    app = FastAPI(
+    app = AccsmoothApp(
         title="accsmooth",
         summary="Certified-robustness inference: randomized-smoothing certificates in one pass.",
         version="0.1.0",
@@ -138,11 +169,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     web.mount_static(app)
     docs.mount_assets(app)
-    app.add_middleware(FastCertify, state=app.state)  # innermost: the limits below wrap it
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyDeadline, timeout_s=settings.body_timeout_s, drain=app.state.drain)
-    app.add_middleware(AdmissionLimit, limit=settings.max_in_flight)
-    app.add_middleware(HttpMetrics)  # added last = outermost: counts the 413s too
+    app.gate = gate(app, settings)
     return app
 
 
@@ -156,7 +183,7 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> AccsmoothApp:
     """Uvicorn factory: settings from the ACCSMOOTH_* environment (used by every worker)."""
     settings = Settings()
     configure_logging(settings.log_level)

@@ -148,8 +148,9 @@ class BodyDeadline:
                         f"the request body was not complete within {self.timeout_s:g} s"
                         " (ACCSMOOTH_BODY_TIMEOUT_S); send it faster"
                     )
-                try:
-                    message = await asyncio.wait_for(receive(), min(remaining, self.POLL_S))
+                try:  # asyncio.timeout: a timer on this task, not a task per read as wait_for
+                    async with asyncio.timeout(min(remaining, self.POLL_S)):
+                        message = await receive()
                 except TimeoutError:
                     continue  # nothing was consumed: look at the deadlines again
                 complete = _body_complete(message)
