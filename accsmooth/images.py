@@ -1,6 +1,8 @@
 """Bytes -> model input: decode, validate and convert one image to float32 [3,H,W] in [0,1].
 
-Only PNG, JPEG, WebP and BMP are decoded (Pillow, straight from the request bytes). The image
+Only PNG, JPEG, WebP and BMP are decoded, straight from the request bytes: by Pillow, except an
+intact 8-bit RGB PNG of the model's size, the common request, which libspng decodes to the same
+pixels in half the time (`_plain_png`). The image
 size is read from the header and checked before any pixel is decoded, so decompression bombs
 and wrong sizes cost microseconds. Conversions, all to RGB:
   - grayscale (L, 1) is replicated to three channels;
@@ -18,13 +20,21 @@ callers answer each kind their own way (the server: an HTTP status and error cod
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:  # libspng: the server's extra installs it; without it every PNG goes through Pillow
+    from pyspng import _pyspng_c as spng
+except ImportError:  # pragma: no cover - an install without the server extra
+    spng = None
+
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
-MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAGIC = {PNG_SIGNATURE: "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP"}
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its fixed CRC: every whole PNG has it
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _SCALE = np.float32(1.0 / 255.0)
@@ -143,7 +153,50 @@ def _to_rgb_array(img: Image.Image, size: tuple[int, int] | None) -> np.ndarray:
         img = img.convert("RGBA" if img.mode in ("PA", "LA", "La") else "RGB").convert("RGB")
     if size:
         img = img.resize(size, Image.Resampling.BILINEAR)
-    hwc = np.asarray(img, dtype=np.uint8)
+    return _chw(np.asarray(img, dtype=np.uint8))
+
+
+def _chunks_intact(data: bytes) -> bool:
+    """Every chunk of the PNG `data` whole and matching its CRC, ending with IEND at the very
+    end. libspng skips the CRCs that Pillow checks; with this check first, what libspng decodes
+    is a PNG that Pillow decodes too (bar a deflate stream crafted to carry a wrong Adler-32
+    under correct CRCs, which libspng decodes and Pillow refuses)."""
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        (length,) = struct.unpack_from(">I", data, pos)
+        stop = pos + 12 + length
+        if (
+            stop > end
+            or zlib.crc32(data[pos + 4 : stop - 4]) != struct.unpack_from(">I", data, stop - 4)[0]
+        ):
+            return False
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return stop == end
+        pos = stop
+    return False
+
+
+def _plain_png(data: bytes, height: int, width: int) -> np.ndarray | None:
+    """The uint8 [H,W,3] pixels of an intact 8-bit RGB, non-interlaced PNG of exactly the
+    model's size, decoded by libspng (half of Pillow's time for a 32x32 image, the common
+    request); None for anything else, or anything libspng refuses: Pillow then decodes it, or
+    says what is wrong with it. Both decode such a PNG to the same bytes (no gamma applied)."""
+    if spng is None or len(data) < 45 or not data.startswith(PNG_SIGNATURE):
+        return None
+    if data[12:16] != b"IHDR" or not _chunks_intact(data):
+        return None
+    w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if (w, h, depth, color, interlace) != (width, height, 8, 2, 0):
+        return None
+    try:
+        pixels = spng.spng_decode_image_bytes(data, spng.SPNG_FMT_RGB8)
+    except Exception:  # noqa: BLE001 - Pillow's decoding names the problem
+        return None
+    return pixels if pixels.shape == (height, width, 3) else None
+
+
+def _chw(hwc: np.ndarray) -> np.ndarray:
+    """uint8 [H,W,3] -> float32 [3,H,W] in [0,1]."""
     out = np.empty((3, hwc.shape[0], hwc.shape[1]), dtype=np.float32)
     np.multiply(hwc.transpose(2, 0, 1), _SCALE, out=out)
     return out
@@ -155,6 +208,9 @@ def decode_image(
     """Decode `data` for a model taking [3, height, width]; an `ImageError` on any problem."""
     if not data:
         raise EmptyImage("the image is empty (0 bytes)")
+    plain = _plain_png(data, height, width)
+    if plain is not None:
+        return DecodedImage(_chw(plain), "PNG", "RGB", (width, height), False)
     img = _open(data)
     if img.format == "PNG" and PNG_END not in data[-1024:]:
         # Pillow decodes a PNG cut inside its last chunks without complaint; refuse it anyway

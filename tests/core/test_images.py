@@ -102,3 +102,89 @@ def test_pillows_own_bomb_guard_is_reported_as_a_bomb():
     with pytest.raises(images.DecompressionBomb, match="decompression bomb") as raised:
         decode(png_header_only(30_000, 30_000), max_pixels=10**10)
     assert raised.type is images.DecompressionBomb  # Pillow's guard, not our max_pixels
+
+
+def _with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """`png` with one more chunk right after IHDR."""
+    import struct
+    import zlib
+
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+    return png[:33] + chunk + png[33:]
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_plain_rgb_pngs_take_libspng_and_give_pillows_exact_pixels(level):
+    # random pixels and smooth gradients make the encoder pick every row filter
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(level)
+    noise = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    ramp = (np.cumsum(rng.integers(0, 4, size=(8, 8, 3)), axis=1) % 256).astype(np.uint8)
+    for pixels in (noise, ramp):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)
+        data = buffer.getvalue()
+        assert images._plain_png(data, 8, 8) is not None
+        image = decode(data)
+        assert (image.format, image.mode, image.original_size) == ("PNG", "RGB", (8, 8))
+        got = np.rint(image.array * 255).astype(np.uint8)
+        np.testing.assert_array_equal(got, pixels.transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    "kind,body",
+    [(b"gAMA", (100_000).to_bytes(4, "big")), (b"sRGB", b"\0"), (b"tRNS", b"\0\1\0\2\0\3")],
+)
+def test_libspng_applies_no_gamma_or_transparency_just_as_pillow(kind, body):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    data = _with_chunk(encode(pixels), kind, body)
+    fast = images._plain_png(data, 8, 8)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, _pillow_pixels(data))
+    np.testing.assert_array_equal(fast, pixels)
+
+
+def test_other_pngs_and_damaged_ones_are_left_to_pillow():
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    rgb = encode(pixels)
+    assert images._plain_png(rgb, 8, 8) is not None
+    assert images._plain_png(rgb, 16, 16) is None  # another size: refused or resized by Pillow
+    assert images._plain_png(encode(pixels, mode="RGBA"), 8, 8) is None
+    assert images._plain_png(encode(pixels, mode="L"), 8, 8) is None
+    assert images._plain_png(encode(pixels[..., 0].astype(np.uint16) * 200), 8, 8) is None
+    assert images._plain_png(encode(pixels, "BMP"), 8, 8) is None
+    damaged = bytearray(rgb)
+    damaged[-20] ^= 0xFF  # inside IDAT (or its CRC): libspng refuses, Pillow says why
+    assert images._plain_png(bytes(damaged), 8, 8) is None
+    with pytest.raises(images.ImageError):
+        decode(bytes(damaged))
+    assert images._plain_png(rgb[:-12], 8, 8) is None  # no IEND
+
+
+def test_no_damaged_png_is_decoded_by_libspng_where_pillow_refuses_it():
+    rng = np.random.default_rng(3)
+    rgb = encode(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8))
+    accepted = 0
+    for pos in range(8, len(rgb)):  # every byte after the signature, flipped
+        damaged = bytearray(rgb)
+        damaged[pos] ^= 0xFF
+        fast = images._plain_png(bytes(damaged), 8, 8)
+        if fast is None:
+            continue
+        accepted += 1
+        np.testing.assert_array_equal(fast, _pillow_pixels(bytes(damaged)))
+    assert accepted < len(rgb) // 4  # most damage breaks a CRC and goes to Pillow
