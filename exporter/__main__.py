@@ -1,5 +1,7 @@
 """Command line: `python -m exporter run --config exporter/configs/smoke.toml --out models/x`.
 
+Stages, in order: data, train-base, export-base (base.onnx), targets, train-surrogate,
+export-surrogate (surrogate.onnx), calibrate, bundle (the bundle folder), evaluate, hybrid.
 Options: `--stage NAME` (repeatable) runs only those stages; `--data-dir DIR` points at an
 ImageFolder root (train/, test/); `--work DIR` holds intermediate artifacts (default
 work/<bundle name>); `--set section.field=value` (repeatable) overrides the preset.
@@ -25,10 +27,12 @@ from exporter.executor import Executor, LocalExecutor, RayExecutor, using
 STAGE_NAMES = (
     "data",
     "train-base",
+    "export-base",
     "targets",
     "train-surrogate",
+    "export-surrogate",
     "calibrate",
-    "export",
+    "bundle",
     "evaluate",
     "hybrid",
 )

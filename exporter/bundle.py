@@ -1,12 +1,11 @@
-"""Stage 6, export: the model bundle the server serves (format: models/README.md).
+"""Stage 8, bundle: the model bundle the server serves (format: models/README.md).
 
-Copies the two networks' ONNX graphs (`train_base.graph`, `train_surrogate.graph`) into the
-bundle folder and writes `manifest.json`: classes, input spec, sigma, protocol, calibration
-(from `calibrate.load`), graph names and opsets, exporter config, code revision, and the sha256
-of every other file. It copies rather than converts: each graph was converted and
-parity-checked by the training stage that made its network, because the Monte-Carlo stages
-before this one sample those very files (see `exporter.onnx_export`); what the bundle ships is
-byte for byte what was certified, calibrated and evaluated.
+Copies the two networks' ONNX graphs (`onnx_export.graph`) into the bundle folder and writes
+`manifest.json`: classes, input spec, sigma, protocol, calibration (from `calibrate.load`),
+graph names and opsets, exporter config, code revision, and the sha256 of every other file. It
+copies rather than converts: each graph was converted and parity-checked by its export stage
+(export-base, export-surrogate) before the Monte-Carlo stages sampled that very file; what the
+bundle ships is byte for byte what was certified, calibrated and evaluated.
 
 Later stages read the bundle through the core's `accsmooth.bundle.read_manifest` (the one
 `Manifest` model) and change it only through `update_evaluation` and `rehash`, which rewrite
@@ -25,10 +24,9 @@ from pathlib import Path
 import onnx
 
 from accsmooth.bundle import FORMAT_VERSION, MANIFEST, Manifest, sha256_of
-from exporter import calibrate, train_base, train_surrogate
+from exporter import calibrate, onnx_export
 from exporter import data as data_stage
 from exporter.config import Config
-from exporter.onnx_export import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +111,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
     check_output_folder(out, b.name)
     ds = data_stage.load(work)
     calibration = calibrate.load(work)
-    sources = {"surrogate": train_surrogate.graph(work), "base": train_base.graph(work)}
+    sources = {kind: onnx_export.graph(work, kind) for kind in ("surrogate", "base")}
     out.mkdir(parents=True, exist_ok=True)
     graphs = {}
     for kind, src in sources.items():
@@ -122,7 +120,7 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         graphs[kind] = {
             "file": f"{kind}.onnx",
             "input": "images",
-            "output": OUTPUT_NAMES[kind],
+            "output": onnx_export.OUTPUT_NAMES[kind],
             "opset": opset,
         }
     manifest = {
@@ -161,5 +159,5 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
         "evaluation": None,
     }
     path = write_manifest(out, manifest)
-    log.info("export: bundle %s written to %s", b.name, out)
+    log.info("bundle: %s written to %s", b.name, out)
     return path

@@ -8,7 +8,7 @@ that into one score per image, and the split-conformal quantile of those scores 
 for a new image exchangeable with the calibration set, P(over-claim) <= epsilon. With several
 candidate bin counts, one q per bin of the raw bound (Mondrian), chosen and fitted as
 `exporter.fidelity.fit_rule` says.
-Reads the two graphs through `train_base.graph` and `train_surrogate.graph`.
+Reads the two graphs through `onnx_export.graph`.
 Artifact: `<work>/calibration.json`, read through `load(work)` (+ the Monte-Carlo results in
 `<work>/calib_mc/`, which the evaluate stage reuses for the report's calibration images).
 """
@@ -24,7 +24,7 @@ import numpy as np
 from accsmooth.runtime import OnnxPredictor, make_session
 from accsmooth.smoothing import ShiftRule
 from exporter import data as data_stage
-from exporter import train_base, train_surrogate
+from exporter import onnx_export
 from exporter.certify_images import certify_all
 from exporter.config import Config
 from exporter.fidelity import Evidence, Protocol, fit_configured
@@ -57,7 +57,7 @@ def surrogate_probabilities(onnx_path: Path, images_uint8: np.ndarray, batch: in
 def evidence(cfg: Config, work: Path, split, name: str, seed: int, surrogate: Path) -> Evidence:
     """Monte-Carlo counts (resumable, in `<work>/<name>`) and surrogate outputs for one split."""
     mc = certify_all(
-        train_base.graph(work),
+        onnx_export.graph(work, "base"),
         split.images,
         cfg.bundle,
         batch_size=cfg.calibrate.batch_size,
@@ -72,7 +72,7 @@ def evidence(cfg: Config, work: Path, split, name: str, seed: int, surrogate: Pa
 def run(cfg: Config, work: Path) -> Path:
     b, c = cfg.bundle, cfg.calibrate
     ds = data_stage.load(work)
-    surrogate = train_surrogate.graph(work)
+    surrogate = onnx_export.graph(work, "surrogate")
     calib, seconds = evidence(cfg, work, ds.calib, MONTE_CARLO, c.seed, surrogate)
     protocol = Protocol(b.n, b.alpha, b.sigma)
     fit = fit_configured(calib, protocol, c)

@@ -21,7 +21,7 @@ import torch
 
 from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import data as data_stage
-from exporter import targets, torch_work, train_base
+from exporter import onnx_export, targets, torch_work, train_base
 from exporter.executor import TorchExecutor
 from exporter.training import resolve_device
 
@@ -31,7 +31,7 @@ def agreement(work: Path, device: str, images: int, draws: int) -> tuple[int, in
     """(noisy images on which torch and onnxruntime name the same class, noisy images)."""
     torch_work.exact_float32()
     net = train_base.network(work).to(device)
-    graph = OnnxPredictor(make_session(train_base.graph(work)))
+    graph = OnnxPredictor(make_session(onnx_export.graph(work, "base")))
     sigma = float(train_base.load(work)["sigma"])
     x = torch.as_tensor(data_stage.load(work).calib.images[:images]).to(device).float() / 255.0
     gen = torch_work.generator(torch.device(device), 0, 0)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"same class as onnxruntime: {same:,} of {total:,} noisy images ({same / total:.6f})")
     rate = samples_per_s(args.work, device, args.batch)
     print(f"{device}: {rate:,.0f} noisy samples/s at batch {args.batch:,}")
-    graph = OnnxPredictor(make_session(train_base.graph(args.work)))
+    graph = OnnxPredictor(make_session(onnx_export.graph(args.work, "base")))
     shape = data_stage.load(args.work).calib.images.shape[1:]
     bare = targets.bare_rate(graph, shape, 1024)
     print(f"onnxruntime on this machine's cores, bare: {bare:,.0f} images/s at batch 1,024")

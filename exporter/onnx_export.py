@@ -1,98 +1,274 @@
-"""ONNX conversion with a parity check: the graphs the server runs are the networks trained.
+"""Stages 3 and 6, export-base and export-surrogate: each network's ONNX graph, parity-checked
+against torch, with a sidecar that records which checkpoint it came from.
 
 Pinned exporter path: the TorchScript-based `torch.onnx.export(..., dynamo=False)`, opset from
 the config, one input `images` [B,3,H,W] with a dynamic batch axis. The base graph outputs
 `logits`; the surrogate graph ends in a softmax and outputs `probabilities`. After writing, the
-graph is run in onnxruntime on real images and compared with torch: the export fails when the
-max abs difference exceeds the tolerance (1e-4 by default).
+graph is run in onnxruntime on real images (the calibration images) and compared with torch:
+the stage fails when the max abs difference exceeds the tolerance (1e-4 by default).
 
-Who converts: the training stage that made a network (`train_base`, `train_surrogate`) saves
-it in both forms, `<kind>.pt` to resume training and `<kind>.onnx` to sample and serve, through
-`write_graph`; the later stages only read the graph, through that stage's `graph(work)`
-(`current_graph`), which refuses a graph older than its checkpoint. The conversion cannot wait
-for the export stage: targets, calibrate and evaluate sample the very graph the bundle ships
-(their Monte-Carlo folders are stamped with its sha256), so it must exist before they run.
+Why stages of their own, and why there in the order: the training stages write checkpoints
+only (`<kind>.pt`); targets, calibrate and evaluate sample the very graph the bundle ships
+(their Monte-Carlo folders are stamped with its sha256), so each graph is made right after its
+network, export-base after train-base and export-surrogate after train-surrogate, and the
+bundle stage copies them unchanged. With `train_base.from_onnx`, export-base copies that graph
+(what the old bundle served) instead of converting, and checks it the same way.
+
+Artifacts: `<work>/<kind>.onnx` and its sidecar `<work>/<kind>.onnx.json`: the sha256 of the
+checkpoint it came from and of the graph, the parity check (max |diff|, images, tolerance), the
+opset, the torch version (that converted it, or that checked a graph it did not convert), and
+`origin` (`converted`, `imported` from `train_base.from_onnx`, or `adopted`: found there with
+no sidecar that vouches for it, checked and kept). Later stages read a graph through
+`graph(work, kind)`, which returns it only while the sidecar matches both files, and otherwise
+names the stage to run.
+
+A rerun converts nothing while the sidecar matches. It converts again when the graph is missing
+or stale: the sidecar names another checkpoint, or there is no sidecar and the graph is older
+than its checkpoint. Any other graph there is checked and kept byte for byte (the sidecar is
+written only once it passes): this adopts the graphs the training stages wrote before these
+stages existed, whose bytes the Monte-Carlo folders of those work folders are stamped with.
+A failed check raises ParityError: a conversion then leaves no graph; a graph that was found
+there is left as it was, without a sidecar, so that no stage reads it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
+from accsmooth.bundle import sha256_of
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
-from exporter import models
-from exporter.config import ExportConfig
+from exporter import data as data_stage
+from exporter import models, train_base, train_surrogate
+from exporter.config import Config, ExportConfig
 
 log = logging.getLogger(__name__)
 
+INPUT_NAME = "images"
 OUTPUT_NAMES = {"base": "logits", "surrogate": "probabilities"}
+STAGES = {"base": "export-base", "surrogate": "export-surrogate"}
+TRAINED_BY = {"base": "train-base", "surrogate": "train-surrogate"}
+SIDECAR_SUFFIX = ".json"  # <kind>.onnx.json
 
 
 class ParityError(RuntimeError):
-    """onnxruntime's output differs from torch's by more than the tolerance."""
+    """The graph does not compute what its checkpoint computes: onnxruntime's output differs
+    from torch's by more than the tolerance, or onnxruntime cannot run it as that network."""
 
 
-def export(checkpoint: Path, kind: str, out: Path, cfg: ExportConfig, images: np.ndarray) -> float:
-    """Write `kind` ("base"|"surrogate") from `checkpoint` to `out`; returns the parity max diff."""
+def _paths(work: Path, kind: str) -> tuple[Path, Path, Path]:
+    """(checkpoint, graph, sidecar) of `kind`; the training stages name the checkpoints (read
+    here at call time: train_surrogate imports targets, which imports this module)."""
+    if kind not in STAGES:
+        raise ValueError(f"unknown network {kind!r}: one of {', '.join(STAGES)}")
+    trained = {"base": train_base.CHECKPOINT, "surrogate": train_surrogate.CHECKPOINT}[kind]
+    graph_path = work / f"{kind}.onnx"
+    return work / trained, graph_path, graph_path.with_name(graph_path.name + SIDECAR_SUFFIX)
+
+
+def network(checkpoint: Path, kind: str) -> torch.nn.Module:
+    """The torch network a `kind` graph must compute: the checkpoint's, with a softmax for the
+    surrogate."""
     net = models.from_checkpoint(checkpoint)
     if kind == "surrogate":
         net = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)).eval()
-    example = torch.zeros(1, *images.shape[1:])
-    tmp = out.with_suffix(".tmp.onnx")
+    return net
+
+
+def _to_onnx(net: torch.nn.Module, kind: str, out: Path, cfg: ExportConfig, shape) -> None:
+    example = torch.zeros(1, *shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
             (example,),
-            str(tmp),
-            input_names=["images"],
+            str(out),
+            input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAMES[kind]],
-            dynamic_axes={"images": {0: "batch"}, OUTPUT_NAMES[kind]: {0: "batch"}},
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[kind]: {0: "batch"}},
             opset_version=cfg.opset,
             dynamo=False,
         )
+
+
+def parity(
+    net: torch.nn.Module, graph: Path, kind: str, cfg: ExportConfig, images: np.ndarray
+) -> tuple[float, int]:
+    """(max |onnxruntime - torch|, images compared) on the first `parity_images` of `images`;
+    ParityError above the tolerance, or when onnxruntime cannot run `graph` as a `kind` graph
+    (input `images`, output named for its kind, one row per image)."""
     x = images[: cfg.parity_images].astype(np.float32) / np.float32(255.0)
     with torch.no_grad():
         expected = net(torch.as_tensor(x)).numpy()
-    got = OnnxPredictor(make_session(tmp, RuntimeOptions(providers=("CPUExecutionProvider",))))(x)
+    try:
+        session = make_session(graph, RuntimeOptions(providers=("CPUExecutionProvider",)))
+    except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
+        raise ParityError(f"{graph.name}: onnxruntime cannot load it ({exc})") from exc
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if names != ([INPUT_NAME], [OUTPUT_NAMES[kind]]):
+        raise ParityError(
+            f"{graph.name}: inputs and outputs {names}, a {kind} graph has "
+            f"{([INPUT_NAME], [OUTPUT_NAMES[kind]])}"
+        )
+    got = OnnxPredictor(session)(x)
+    if got.shape != expected.shape:
+        raise ParityError(f"{graph.name}: outputs {got.shape}, torch {expected.shape}")
     diff = float(np.abs(got - expected).max())
     if not diff <= cfg.parity_tolerance:
-        tmp.unlink()
         raise ParityError(
-            f"{out.name}: onnxruntime differs from torch by {diff:.2e} "
+            f"{graph.name}: onnxruntime differs from torch by {diff:.2e} "
             f"> tolerance {cfg.parity_tolerance:.0e} on {len(x)} images"
         )
-    tmp.replace(out)
-    log.info("export %s -> %s: parity max |diff| %.2e on %d real images", kind, out, diff, len(x))
+    return diff, len(x)
+
+
+def export(checkpoint: Path, kind: str, out: Path, cfg: ExportConfig, images: np.ndarray) -> float:
+    """Convert `kind` ("base"|"surrogate") from `checkpoint` to `out`; returns the parity max diff.
+    On ParityError nothing is written to `out`."""
+    net = network(checkpoint, kind)
+    tmp = out.with_suffix(".tmp.onnx")
+    try:
+        _to_onnx(net, kind, tmp, cfg, images.shape[1:])
+        diff, n = parity(net, tmp, kind, cfg, images)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("export %s -> %s: parity max |diff| %.2e on %d real images", kind, out, diff, n)
     return diff
 
 
-def _is_current(checkpoint: Path, graph: Path) -> bool:
-    return graph.exists() and graph.stat().st_mtime >= checkpoint.stat().st_mtime
+def _read_sidecar(path: Path) -> dict | None:
+    try:
+        meta = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
-def write_graph(
-    checkpoint: Path, kind: str, graph: Path, cfg: ExportConfig, images: np.ndarray
-) -> Path:
-    """`graph` converted from `checkpoint` (parity-checked on `images`), unless it is already
-    there and not older than the checkpoint (a rerun of a finished stage converts nothing)."""
-    if not _is_current(checkpoint, graph):
-        export(checkpoint, kind, graph, cfg, images)
-    return graph
+def _not_current(checkpoint: Path, graph: Path, sidecar: Path, kind: str) -> str | None:
+    """Why `graph` may not be sampled (None: its sidecar vouches for it)."""
+    meta = _read_sidecar(sidecar)
+    if meta is None:
+        return f"no valid {sidecar.name} (the {STAGES[kind]} stage did not write or check it)"
+    if meta.get("checkpoint_sha256") != sha256_of(checkpoint):
+        return f"converted from another {checkpoint.name} than the one there now"
+    if meta.get("graph_sha256") != sha256_of(graph):
+        return f"changed since {sidecar.name} was written"
+    return None
 
 
-def current_graph(checkpoint: Path, graph: Path, stage: str) -> Path:
-    """`graph`, when it exists and is not older than `checkpoint`; else FileNotFoundError naming
-    the stage that writes both (rerun on a finished network, it only converts)."""
+def graph(work: Path, kind: str) -> Path:
+    """`<work>/<kind>.onnx`, the graph the Monte-Carlo stages sample and the bundle ships, while
+    its sidecar vouches for it (checked against the checkpoint there now, bytes unchanged since);
+    else FileNotFoundError naming the stage to run."""
+    checkpoint, path, sidecar = _paths(work, kind)
+    stage = STAGES[kind]
     if not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: missing; run the {stage} stage first")
-    if not _is_current(checkpoint, graph):
-        state = "missing" if not graph.exists() else f"older than {checkpoint.name}"
         raise FileNotFoundError(
-            f"{graph}: {state}; rerun the {stage} stage (a finished network is only converted)"
+            f"{checkpoint}: missing; run the {TRAINED_BY[kind]} stage, then {stage}"
         )
-    return graph
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the {stage} stage")
+    why = _not_current(checkpoint, path, sidecar, kind)
+    if why:
+        raise FileNotFoundError(f"{path}: {why}; run the {stage} stage")
+    return path
+
+
+def load_sidecar(work: Path, kind: str) -> dict:
+    """The sidecar of the current `kind` graph (see the module docstring for its keys)."""
+    graph(work, kind)
+    return json.loads(_paths(work, kind)[2].read_text())
+
+
+def _stale(checkpoint: Path, path: Path, meta: dict | None) -> bool:
+    """Convert again: missing, converted from another checkpoint, or (no sidecar) older than
+    the checkpoint."""
+    if not path.exists():
+        return True
+    if meta is None:
+        return path.stat().st_mtime < checkpoint.stat().st_mtime
+    return meta.get("checkpoint_sha256") != sha256_of(checkpoint)
+
+
+def run(cfg: Config, work: Path, kind: str) -> Path:
+    """The export-base / export-surrogate stage: `<kind>.onnx` and its sidecar, current with the
+    checkpoint (converting only what is missing or stale; see the module docstring)."""
+    checkpoint, path, sidecar = _paths(work, kind)
+    stage = STAGES[kind]
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: missing; run the {TRAINED_BY[kind]} stage first")
+    if path.exists() and _not_current(checkpoint, path, sidecar, kind) is None:
+        log.info("%s: %s is current with %s, nothing to convert", stage, path.name, checkpoint.name)
+        return path
+    meta = _read_sidecar(sidecar)
+    convert = _stale(checkpoint, path, meta)
+    sidecar.unlink(missing_ok=True)  # written again once the graph there has passed the check
+    images = data_stage.load(work).calib.images
+    checkpoint_sha = sha256_of(checkpoint)  # of the bytes the network is read from next
+    net = network(checkpoint, kind)
+    source = cfg.train_base.from_onnx if kind == "base" else ""
+    if convert:
+        origin = "imported" if source else "converted"
+        tmp = path.with_suffix(".tmp.onnx")
+        try:
+            if source:  # the graph the old bundle served, byte for byte
+                shutil.copyfile(source, tmp)
+            else:
+                _to_onnx(net, kind, tmp, cfg.export, images.shape[1:])
+            diff, n = parity(net, tmp, kind, cfg.export, images)
+            tmp.replace(path)
+        except ParityError:
+            path.unlink(missing_ok=True)  # a stale graph is not left in place of a failed one
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        origin = "adopted"
+        try:
+            diff, n = parity(net, path, kind, cfg.export, images)
+        except ParityError as exc:
+            raise ParityError(
+                f"{exc}; {path} was kept as it was, without a sidecar (no stage reads it): "
+                f"remove it to convert {checkpoint.name} afresh"
+            ) from exc
+    meta = {
+        "kind": kind,
+        "origin": origin,
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": checkpoint_sha,
+        "graph": path.name,
+        "graph_sha256": sha256_of(path),
+        "parity": {
+            "max_abs_diff": diff,
+            "images": n,
+            "tolerance": cfg.export.parity_tolerance,
+        },
+        "opset": _opset(path),
+        "torch": torch.__version__,
+    }
+    if origin == "imported":
+        meta["imported_from"] = str(source)
+    sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+    log.info(
+        "%s: %s %s from %s, parity max |diff| %.2e on %d real images",
+        stage,
+        origin,
+        path.name,
+        checkpoint.name,
+        diff,
+        n,
+    )
+    return path
+
+
+def _opset(path: Path) -> int:
+    model = onnx.load(path, load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -1,15 +1,20 @@
 """The stage order and the runner behind `python -m exporter run`.
 
-    data -> train-base -> targets -> train-surrogate -> calibrate -> export -> evaluate
-    -> hybrid (adds /certify?mode=hybrid's figures to the report)
+    data -> train-base -> export-base -> targets -> train-surrogate -> export-surrogate
+    -> calibrate -> bundle -> evaluate -> hybrid (adds /certify?mode=hybrid's figures to the
+    report)
 
-Work artifacts (data.npz, base.pt and base.onnx, targets/, surrogate.pt and surrogate.onnx,
-calib_mc/, calibration.json, eval_mc/, holdout_mc/) live in the work folder (default
-`work/<bundle name>`, git-ignored); the export, evaluate and hybrid stages write into the bundle
-folder. Each stage module owns its artifact: it names the files and offers `load(work)` (or
-`graph(work)` for a network's ONNX form) to the stages after it, which never spell another
-stage's file names. Every stage resumes or recomputes from the artifacts present, so
-`--stage NAME` reruns one stage alone.
+Work artifacts (data.npz, base.pt, base.onnx, targets/, surrogate.pt, surrogate.onnx, calib_mc/,
+calibration.json, eval_mc/, holdout_mc/) live in the work folder (default `work/<bundle name>`,
+git-ignored); the bundle, evaluate and hybrid stages write into the bundle folder. Each stage
+module owns its artifact: it names the files and offers `load(work)` to the stages after it,
+which never spell another stage's file names. The training stages write checkpoints only; the
+export stages (`exporter.onnx_export`, one per network) convert each to ONNX, parity-checked,
+with a sidecar naming the checkpoint it came from, and offer `onnx_export.graph(work, kind)`.
+They run right after their training stage because targets, calibrate and evaluate sample the
+very graph the bundle ships (their Monte-Carlo folders are stamped with its sha256); the bundle
+stage copies the graphs unchanged. Every stage resumes or recomputes from the artifacts present,
+so `--stage NAME` reruns one stage alone.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from exporter import (
     evaluate,
     executor,
     hybrid,
+    onnx_export,
     targets,
     train_base,
     train_surrogate,
@@ -45,10 +51,12 @@ def load_timings(work: Path) -> dict:
 STAGES = {
     "data": lambda cfg, work, out: data.prepare(cfg.data, work),
     "train-base": lambda cfg, work, out: train_base.run(cfg, work),
+    "export-base": lambda cfg, work, out: onnx_export.run(cfg, work, "base"),
     "targets": lambda cfg, work, out: targets.run(cfg, work),
     "train-surrogate": lambda cfg, work, out: train_surrogate.run(cfg, work),
+    "export-surrogate": lambda cfg, work, out: onnx_export.run(cfg, work, "surrogate"),
     "calibrate": lambda cfg, work, out: calibrate.run(cfg, work),
-    "export": lambda cfg, work, out: bundle.run(cfg, work, out),
+    "bundle": lambda cfg, work, out: bundle.run(cfg, work, out),
     "evaluate": lambda cfg, work, out: evaluate.run(cfg, work, out),
     "hybrid": lambda cfg, work, out: hybrid.run(out, work, cfg.hybrid),
 }

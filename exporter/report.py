@@ -368,8 +368,8 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         f"outputs) without sampling: `python -m exporter.tables models/{r['bundle']}` "
         "(`--check` compares with report.json and refits the calibration);",
         f"- the bundle: `python -m exporter run --config {preset_for(r['bundle'])} "
-        f"--out models/{r['bundle']}` (stages: data, train-base, targets, train-surrogate, "
-        "calibrate, export, evaluate, hybrid);",
+        f"--out models/{r['bundle']}` (stages: data, train-base, export-base, targets, "
+        "train-surrogate, export-surrogate, calibrate, bundle, evaluate, hybrid);",
         f"- the ablation: `python -m exporter.ablation models/{r['bundle']} --work <work> "
         "--config <preset> --variant NAME=surrogate.onnx ...` (see docs/results.md);",
         f"- the hybrid section: `python -m exporter.hybrid models/{r['bundle']} --work <work> "

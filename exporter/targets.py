@@ -1,4 +1,4 @@
-"""Stage 3, targets: Monte-Carlo class counts of the base model for every training image.
+"""Stage 4, targets: Monte-Carlo class counts of the base model for every training image.
 
 For each training image x, N noisy copies x + N(0, sigma^2 I) go through base.onnx in
 onnxruntime and the argmax labels are counted: counts[i] sums to N, and counts / N is the
@@ -16,7 +16,7 @@ base is confident, so they cost a fraction of drawing them for every image.
 Mirror images (`flipped`): each training image's horizontal mirror is labelled too, with its
 own draws, so the surrogate can train on flipped images without borrowing counts that belong to
 another image (a mirrored image's frequencies are close to, not equal to, the original's).
-Reads the base graph through `train_base.graph` (the base.onnx the train-base stage wrote).
+Reads the base graph through `onnx_export.graph` (the base.onnx the export-base stage wrote).
 Artifact: `<work>/targets/counts.npy` [N_train, K] (rows sum to N or N + extra_samples; with
 `flipped`, [2 N_train, K]: the originals, then their mirrors), read through `load(work)` and
 `labelled_images(work, train_images)` (the images its rows belong to), and
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from accsmooth.bundle import sha256_of
 from accsmooth.runtime import OnnxPredictor, make_session
-from exporter import chunk_work, executor, train_base
+from exporter import chunk_work, executor, onnx_export
 from exporter import data as data_stage
 from exporter.config import Config
 
@@ -84,7 +84,7 @@ def bare_rate(predict, shape, batch_size: int, seconds: float = 3.0) -> float:
 def run(cfg: Config, work: Path) -> Path:
     c, sigma = cfg.targets, cfg.bundle.sigma
     ds = data_stage.load(work)
-    base = train_base.graph(work)
+    base = onnx_export.graph(work, "base")
     predict = OnnxPredictor(make_session(base))
     out_dir = work / FOLDER
     out_dir.mkdir(exist_ok=True)

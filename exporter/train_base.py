@@ -2,16 +2,14 @@
 
 Every training image is seen as x + N(0, sigma^2 I) in [0,1]-pixel space (after crop/flip), so
 f learns to classify noisy inputs, which is what the smoothed classifier g asks of it.
-Artifact: the network in both forms, `<work>/base.pt` (weights, normalization, arch, config,
-finished epochs; resumable) and `<work>/base.onnx` (converted when training ends, parity-checked
-against torch: the graph every Monte-Carlo stage samples and the bundle serves; see
-`exporter.onnx_export`). Later stages read them through `load(work)` and `graph(work)`.
+Artifact: `<work>/base.pt` (weights, normalization, arch, config, finished epochs; resumable),
+read through `load(work)` and `network(work)`. Its ONNX form, the graph every Monte-Carlo stage
+samples and the bundle serves, is the next stage's artifact (export-base, `exporter.onnx_export`).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from exporter import data as data_stage
-from exporter import models, onnx_export
+from exporter import models
 from exporter.config import Config
 from exporter.training import (
     augment,
@@ -31,7 +29,7 @@ from exporter.training import (
 )
 
 log = logging.getLogger(__name__)
-CHECKPOINT, GRAPH = "base.pt", "base.onnx"
+CHECKPOINT = "base.pt"
 
 
 def load(work: Path) -> dict:
@@ -46,11 +44,6 @@ def load(work: Path) -> dict:
 def network(work: Path) -> torch.nn.Module:
     """The trained base classifier, in eval mode."""
     return models.from_checkpoint(work / CHECKPOINT)
-
-
-def graph(work: Path) -> Path:
-    """base.onnx, the graph the Monte-Carlo stages sample (not older than base.pt)."""
-    return onnx_export.current_graph(work / CHECKPOINT, work / GRAPH, "train-base")
 
 
 @torch.no_grad()
@@ -68,8 +61,9 @@ def noisy_accuracy(model, images_uint8, labels, sigma: float, seed: int = 0) -> 
 
 
 def import_onnx(cfg: Config, work: Path) -> Path:
-    """base.pt from a trained `cnn` graph (`train_base.from_onnx`), and that very graph as
-    `<work>/base.onnx`, so every Monte-Carlo result is of the file the old bundle served.
+    """base.pt from a trained `cnn` graph (`train_base.from_onnx`). The export-base stage then
+    copies that very graph as the base graph, so every Monte-Carlo result is of the file the old
+    bundle served.
 
     The exporter folds each BatchNorm into its convolution; here each BatchNorm becomes the
     identity plus the folded bias (mean 0, var 1, weight sqrt(1 + eps)), which computes the same
@@ -123,7 +117,6 @@ def import_onnx(cfg: Config, work: Path) -> Path:
         },
         ckpt,
     )
-    shutil.copyfile(source, work / GRAPH)  # newer than base.pt: graph() takes it as current
     log.info("train-base: imported %s (%d classes) instead of training", source, num_classes)
     return ckpt
 
@@ -177,5 +170,4 @@ def run(cfg: Config, work: Path) -> Path:
             f"noisy-acc(calib) {noisy_accuracy(m, ds.calib.images, ds.calib.labels, sigma):.4f}"
         ),
     )
-    onnx_export.write_graph(ckpt, "base", work / GRAPH, cfg.export, ds.calib.images)
     return ckpt

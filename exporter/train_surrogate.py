@@ -1,4 +1,4 @@
-"""Stage 4, train-surrogate: a network that maps x to its Monte-Carlo class frequencies.
+"""Stage 5, train-surrogate: a network that maps x to its Monte-Carlo class frequencies.
 
 Accelerated Smoothing: the surrogate h is trained on clean images with targets counts / N from
 the targets stage, under the Jensen-Shannon divergence between softmax(h(x)) and the targets
@@ -10,9 +10,9 @@ those too, each with its own counts. `online_samples` labels part of every batch
 training instead: crops and flips of the training images, each with the base's counts over that
 many noisy draws (`online_labeller`; a GPU's work).
 Reads the base checkpoint (`train_base.load`) and the counts (`targets.load`).
-Artifact: the network in both forms, `<work>/surrogate.pt` (resumable per epoch) and
-`<work>/surrogate.onnx` (ends in a softmax; converted when training ends and parity-checked
-against torch, see `exporter.onnx_export`), read through `graph(work)`.
+Artifact: `<work>/surrogate.pt` (resumable per epoch). Its ONNX form (ends in a softmax), the
+graph calibrate scores and the bundle serves, is the next stage's artifact (export-surrogate,
+`exporter.onnx_export`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from exporter import data as data_stage
-from exporter import models, onnx_export, targets, torch_work, train_base
+from exporter import models, targets, torch_work, train_base
 from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
@@ -37,14 +37,8 @@ from exporter.training import (
 )
 
 log = logging.getLogger(__name__)
-CHECKPOINT, GRAPH = "surrogate.pt", "surrogate.onnx"
+CHECKPOINT = "surrogate.pt"
 ONLINE_BATCH = 32_768  # noisy images per forward pass of the base when labelling online
-
-
-def graph(work: Path) -> Path:
-    """surrogate.onnx, the graph calibrate scores and the bundle serves (not older than
-    surrogate.pt)."""
-    return onnx_export.current_graph(work / CHECKPOINT, work / GRAPH, "train-surrogate")
 
 
 @torch.no_grad()
@@ -158,5 +152,4 @@ def run(cfg: Config, work: Path) -> Path:
         grad_clip=c.grad_clip,
         on_epoch_end=lambda m: held_out_summary(m, watch_x, watch_y, draws[watch]),
     )
-    onnx_export.write_graph(ckpt, "surrogate", work / GRAPH, cfg.export, ds.calib.images)
     return ckpt

@@ -31,7 +31,7 @@ IMAGES = 25  # three CERTIFY chunks, the last one short
 
 def _copy_work(src, dst):
     dst.mkdir()
-    for name in ("data.npz", "base.pt", "base.onnx"):
+    for name in ("data.npz", "base.pt", "base.onnx", "base.onnx.json"):
         shutil.copy2(src / name, dst / name)
     return dst
 

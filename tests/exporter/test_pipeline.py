@@ -12,7 +12,7 @@ from PIL import Image
 
 from accsmooth.bundle import read_manifest
 from accsmooth.bundle import sha256_of as sha256
-from exporter import ablation, calibrate, pipeline, tables, train_base, train_surrogate
+from exporter import ablation, calibrate, onnx_export, pipeline, tables
 from exporter.bundle import BundleExistsError
 from server.http.app import create_app
 from tests.exporter.conftest import SMOKE
@@ -43,9 +43,10 @@ def test_bundle_holds_every_artifact_with_matching_hashes(smoke_run):
     assert manifest.calibration.set_size == 98
     assert manifest.evaluation["images"] == 30
     assert manifest.graphs.surrogate.output == "probabilities"
-    # the bundle ships the very graphs the training stages converted and the Monte-Carlo sampled
-    assert manifest.sha256["base.onnx"] == sha256(train_base.graph(work))
-    assert manifest.sha256["surrogate.onnx"] == sha256(train_surrogate.graph(work))
+    # the bundle ships the very graphs the export stages converted and the Monte-Carlo sampled
+    assert manifest.sha256["base.onnx"] == sha256(onnx_export.graph(work, "base"))
+    assert manifest.sha256["surrogate.onnx"] == sha256(onnx_export.graph(work, "surrogate"))
+    assert list(pipeline.load_timings(work)) == list(pipeline.STAGES)  # each stage ran, in order
 
 
 def test_report_compares_three_methods_at_the_table_radii(smoke_run):
@@ -62,6 +63,7 @@ def test_report_compares_three_methods_at_the_table_radii(smoke_run):
     assert values == sorted(values, reverse=True)  # certified accuracy decreases with r
     assert report["speedup"] > 1
     assert "| Monte-Carlo (CERTIFY) |" in (out / "report.md").read_text()
+    assert f"(stages: {', '.join(pipeline.STAGES)});" in (out / "report.md").read_text()
 
 
 def test_every_report_table_is_recomputed_from_the_evidence_alone(smoke_run, tmp_path):
@@ -146,7 +148,7 @@ def test_output_folder_holding_another_bundle_is_refused(smoke_run, tmp_path):
     cfg, work, out = smoke_run
     with pytest.raises(BundleExistsError, match="holds bundle 'smoke'"):
         other = dataclasses.replace(cfg, bundle=dataclasses.replace(cfg.bundle, name="other"))
-        pipeline.run(other, work, out, ["export"])
+        pipeline.run(other, work, out, ["bundle"])
 
 
 def test_cached_monte_carlo_results_of_another_base_model_are_refused(smoke_run, tmp_path):

@@ -1,38 +1,32 @@
 """Each stage reads the artifacts before it through their owner's API: a missing or stale one is
-named with the stage that writes it, and the bundle is rewritten only through the export stage."""
+named with the stage that writes it, and the bundle is rewritten only through the bundle stage."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from accsmooth.bundle import read_manifest, sha256_of, verify_files
-from exporter import bundle, calibrate, targets, train_base, train_surrogate
+from exporter import bundle, calibrate, onnx_export, targets, train_base
 from server.placeholder import write_bundle
 from tests.server.helpers import CALIBRATION, CLASSES, SHAPE
 
 
-def _touch(path, mtime: float) -> None:
-    path.write_bytes(b"x")
-    os.utime(path, (mtime, mtime))
-
-
-def test_a_graph_is_current_only_when_not_older_than_its_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="base.pt: missing; run the train-base stage"):
-        train_base.graph(tmp_path)
-    _touch(tmp_path / "base.pt", 1_000)
-    with pytest.raises(FileNotFoundError, match="base.onnx: missing; rerun the train-base stage"):
-        train_base.graph(tmp_path)
-    _touch(tmp_path / "base.onnx", 999)
-    with pytest.raises(FileNotFoundError, match="base.onnx: older than base.pt; rerun"):
-        train_base.graph(tmp_path)
-    _touch(tmp_path / "base.onnx", 1_000)
-    assert train_base.graph(tmp_path) == tmp_path / "base.onnx"
-    _touch(tmp_path / "surrogate.pt", 1_000)
-    _touch(tmp_path / "surrogate.onnx", 2_000)  # e.g. an averaged graph put in its place
-    assert train_surrogate.graph(tmp_path) == tmp_path / "surrogate.onnx"
+def test_a_graph_is_read_only_through_its_export_stage(tmp_path):
+    # a graph's lookup names the stage to run; what the sidecar must match is tested with real
+    # networks in test_onnx_export.py
+    with pytest.raises(FileNotFoundError, match="base.pt: missing; run the train-base stage, then"):
+        onnx_export.graph(tmp_path, "base")
+    (tmp_path / "base.pt").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="base.onnx: missing; run the export-base stage"):
+        onnx_export.graph(tmp_path, "base")
+    (tmp_path / "surrogate.pt").write_bytes(b"x")
+    (tmp_path / "surrogate.onnx").write_bytes(b"x")  # newer than its checkpoint, no sidecar
+    with pytest.raises(
+        FileNotFoundError, match="no valid surrogate.onnx.json .*run the export-surrogate stage"
+    ):
+        onnx_export.graph(tmp_path, "surrogate")
 
 
 def test_missing_artifacts_name_the_stage_that_writes_them(tmp_path):

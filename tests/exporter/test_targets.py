@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # every test here reads the smoke pipeline's work
 
 def _copy_work(src, dst):
     dst.mkdir()
-    for name in ("data.npz", "base.pt", "base.onnx"):
+    for name in ("data.npz", "base.pt", "base.onnx", "base.onnx.json"):
         shutil.copy2(src / name, dst / name)
     return dst
 
@@ -108,7 +108,7 @@ def test_flipped_labels_every_mirror_image_with_draws_of_its_own(smoke_run, tmp_
 
 
 def test_a_wider_surrogate_trains_from_scratch_on_the_mirror_targets(smoke_run, tmp_path):
-    from exporter import models, train_surrogate
+    from exporter import models, onnx_export, train_surrogate
 
     cfg, work, _ = smoke_run
     copy = _copy_work(work, tmp_path / "wide")
@@ -122,14 +122,17 @@ def test_a_wider_surrogate_trains_from_scratch_on_the_mirror_targets(smoke_run, 
     )
     net = models.from_checkpoint(copy / train_surrogate.CHECKPOINT)
     first = [m for m in net.modules() if hasattr(m, "out_channels")][0]
-    assert first.out_channels == 8 and train_surrogate.graph(copy).exists()
+    assert first.out_channels == 8
+    onnx_export.run(cfg, copy, "surrogate")
+    assert onnx_export.graph(copy, "surrogate").exists()
 
 
 def test_a_surrogate_trains_with_online_targets(smoke_run, tmp_path):
-    from exporter import train_surrogate
+    from exporter import onnx_export, train_surrogate
 
     cfg, work, _ = smoke_run
     copy = _copy_work(work, tmp_path / "online")
     shutil.copytree(work / "targets", copy / "targets")
     train_surrogate.run(_replace(cfg, "train_surrogate", online_samples=8), copy)
-    assert train_surrogate.graph(copy).exists()
+    onnx_export.run(cfg, copy, "surrogate")
+    assert onnx_export.graph(copy, "surrogate").exists()
