@@ -3,7 +3,8 @@
 Only PNG, JPEG, WebP and BMP are decoded, straight from the request bytes: by Pillow, except an
 intact 8-bit RGB PNG of the model's size, the common request, which libspng decodes to the same
 pixels in half the time (`_plain_png`). The image size is read from the header and checked
-before any pixel is decoded, so decompression bombs and wrong sizes cost microseconds. Conversions, all to RGB:
+before any pixel is decoded, so decompression bombs and wrong sizes cost microseconds.
+Conversions, all to RGB:
   - grayscale (L, 1) is replicated to three channels;
   - 16-bit grayscale (I;16, I) is scaled by 1/65535, not clipped at 255;
   - palette (P) images are expanded through their palette;

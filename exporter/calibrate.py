@@ -1,4 +1,4 @@
-"""Stage 5, calibrate: the conformal shift q that bounds how often served radii over-claim.
+"""Stage 7, calibrate: the conformal shift q that bounds how often served radii over-claim.
 
 On held-out images that neither network saw, compute real CERTIFY results (the bundle's n0, n,
 alpha) on the base model, and the surrogate's raw served bound p_raw for each. A served

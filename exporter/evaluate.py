@@ -1,4 +1,4 @@
-"""Stage 7, evaluate: how well the surrogate stands in for Monte-Carlo certification.
+"""Stage 9, evaluate: how well the surrogate stands in for Monte-Carlo certification.
 
 On the held-out evaluation subset (every k-th test image) and the hold-out test images no stage
 uses, runs CERTIFY on the base model (the Monte-Carlo ground truth, the code of

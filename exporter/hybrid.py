@@ -1,4 +1,4 @@
-"""Stage 8, hybrid: how /certify?mode=hybrid does on the bundle's evaluation images.
+"""Stage 10, hybrid: how /certify?mode=hybrid does on the bundle's evaluation images.
 
     python -m exporter.hybrid models/cifar10-sigma0.25 --work work/cifar10-sigma0.25 \
         --config exporter/configs/cifar10-cpu.toml          # [hybrid] of the preset, else defaults
