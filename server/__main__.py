@@ -2,8 +2,14 @@
 
     python -m server --host 0.0.0.0 --port 8000 --workers 2 --models-dir models
 
-Every option is also an ACCSMOOTH_* environment variable (see `server.settings`); options
-given here win and are passed to the workers through the environment. With more than one
+`--workers auto` (the default) starts one worker per CPU this process may use: its affinity
+mask, capped by a container's CPU quota (cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`, rounded
+down, at least one). One event loop is the ceiling of a worker's request rate (HTTP parsing,
+decoding and JSON run under its GIL), so a second core serves more only through a second worker;
+measured in loadtests/README.md.
+
+Every option is also an ACCSMOOTH_* environment variable (see `server.settings`); options given
+here win and are passed to the workers through the environment. With more than one
 worker, Prometheus metrics live in PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless
 you set one; stale files from an earlier run are removed), so /metrics is whole whichever
 worker answers the scrape. This module imports nothing that imports prometheus_client before
@@ -14,10 +20,54 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (a container's --cpus), None without one.
+    Reads cgroup v2's `cpu.max` ("max 100000" or "150000 100000"), else v1's cfs quota/period."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def usable_cpus(root: Path = CGROUP) -> int:
+    """CPUs this process may run on (affinity mask), capped by the cgroup's quota; at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cpus = min(cpus, math.floor(limit))
+    return max(1, cpus)
+
+
+def worker_count(value: str) -> int:
+    """`--workers`: a positive integer, or "auto" for one per usable CPU."""
+    if value.strip().lower() == "auto":
+        return usable_cpus()
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of workers >= 1, or auto")
+    return count
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,9 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("ACCSMOOTH_PORT", 8000)))
     parser.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("ACCSMOOTH_WORKERS", 1)),
-        help="uvicorn worker processes (each loads every bundle)",
+        type=worker_count,
+        default=os.environ.get("ACCSMOOTH_WORKERS", "auto"),
+        help="uvicorn worker processes, each loading every bundle (auto: one per usable CPU)",
     )
     parser.add_argument("--models-dir", type=Path, help="overrides ACCSMOOTH_MODELS_DIR")
     parser.add_argument("--default-model", help="overrides ACCSMOOTH_DEFAULT_MODEL")

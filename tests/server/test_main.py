@@ -16,10 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.__main__ import (
     WORKER_HEALTHCHECK_SECONDS,
+    cgroup_cpu_limit,
     main,
     parse_args,
     prepare_multiprocess_dir,
     supervisor_options,
+    usable_cpus,
 )
 from tests.server.helpers import solid
 
@@ -143,3 +145,40 @@ def test_supervisor_options_leave_out_what_uvicorn_does_not_know():
     assert supervisor_options({"timeout_worker_healthcheck": None}) == {
         "timeout_worker_healthcheck": WORKER_HEALTHCHECK_SECONDS
     }
+
+
+def test_workers_default_to_one_per_usable_cpu(monkeypatch):
+    monkeypatch.delenv("ACCSMOOTH_WORKERS", raising=False)
+    assert parse_args([]).workers == usable_cpus() >= 1
+    assert parse_args(["--workers", "auto"]).workers == usable_cpus()
+    monkeypatch.setenv("ACCSMOOTH_WORKERS", "3")
+    assert parse_args([]).workers == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_worker_count_that_is_not_positive_is_refused(value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", value])
+    assert "number of workers >= 1, or auto" in capsys.readouterr().err
+
+
+def test_a_container_cpu_quota_caps_the_workers(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2) is None
+    assert usable_cpus(v2) == len(os.sched_getaffinity(0))
+    (v2 / "cpu.max").write_text("150000 100000\n")  # docker run --cpus 1.5
+    assert cgroup_cpu_limit(v2) == 1.5
+    assert usable_cpus(v2) == 1
+    (v2 / "cpu.max").write_text("50000 100000\n")  # half a CPU still gets one worker
+    assert usable_cpus(v2) == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # v1: no quota
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    assert cgroup_cpu_limit(v1) == 4.0
+    assert usable_cpus(v1) == min(len(os.sched_getaffinity(0)), 4)
+    assert cgroup_cpu_limit(tmp_path / "none") is None  # no cgroup files: no cap
