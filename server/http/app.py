@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import metrics
 from server.http.errors import AccsmoothError, ClientDisconnected, error_body, status_of
-from server.http.fastpath import FastCertify
+from server.http.fastpath import FastCertify, FastLane
 from server.http.middleware import AdmissionLimit, BodyDeadline, BodyLimit, HttpMetrics
 from server.http.routes import certify, docs, health, models, oip, shadow_audits, web
 from server.images.decoder import Decoder
@@ -129,6 +129,7 @@ class AccsmoothApp(FastAPI):
     it does not use, while sharing the very same limit instances with the routes."""
 
     gate: ASGIApp | None = None
+    lane: FastLane | None = None  # the same fast path, for `server.http.protocol` to call
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.gate is not None:
@@ -141,13 +142,15 @@ class AccsmoothApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def gate(app: AccsmoothApp, settings: Settings) -> ASGIApp:
-    """The limits and metrics every HTTP request passes, outermost first, and the fast path."""
-    inner = FastCertify(app.routed, state=app.state)
-    inner = BodyLimit(inner, max_bytes=settings.max_body_bytes)
+def install_gate(app: AccsmoothApp, settings: Settings) -> None:
+    """The limits and metrics every HTTP request passes, outermost first, and the fast path;
+    the protocol's fast lane shares the fast path and the admission limit's slots."""
+    fast = FastCertify(app.routed, state=app.state)
+    inner = BodyLimit(fast, max_bytes=settings.max_body_bytes)
     inner = BodyDeadline(inner, timeout_s=settings.body_timeout_s, drain=app.state.drain)
-    inner = AdmissionLimit(inner, limit=settings.max_in_flight)
-    return HttpMetrics(inner)  # outermost: counts the 413s too
+    admission = AdmissionLimit(inner, limit=settings.max_in_flight)
+    app.gate = HttpMetrics(admission)  # outermost: counts the 413s too
+    app.lane = FastLane(fast, admission, settings.max_body_bytes)
 
 
 def create_app(settings: Settings) -> AccsmoothApp:
@@ -169,7 +172,7 @@ def create_app(settings: Settings) -> AccsmoothApp:
         app.include_router(module.router)
     web.mount_static(app)
     docs.mount_assets(app)
-    app.gate = gate(app, settings)
+    install_gate(app, settings)
     return app
 
 

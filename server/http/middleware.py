@@ -185,14 +185,7 @@ class AdmissionLimit:
             nonlocal admitted
             message = await receive()
             if not admitted and message["type"] == "http.request" and _body_complete(message):
-                if self.in_flight >= self.limit:
-                    metrics.REJECTED.labels(endpoint_label(path), "too_many_in_flight").inc()
-                    raise Overloaded(
-                        f"{self.in_flight} fast-path requests in flight"
-                        f" (ACCSMOOTH_MAX_IN_FLIGHT={self.limit}); retry shortly",
-                        headers={"Retry-After": "1"},
-                    )
-                self.in_flight += 1
+                self.take(path)
                 admitted = True
             return message
 
@@ -201,6 +194,18 @@ class AdmissionLimit:
         finally:
             if admitted:
                 self.in_flight -= 1
+
+    def take(self, path: str) -> None:
+        """Take a slot for a request to `path` whose body is complete; Overloaded when none is
+        left. The caller gives it back with `in_flight -= 1` when the request is answered."""
+        if self.in_flight >= self.limit:
+            metrics.REJECTED.labels(endpoint_label(path), "too_many_in_flight").inc()
+            raise Overloaded(
+                f"{self.in_flight} fast-path requests in flight"
+                f" (ACCSMOOTH_MAX_IN_FLIGHT={self.limit}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight += 1
 
 
 class HttpMetrics:
@@ -222,10 +227,22 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
-        in_flight = metrics.child(metrics.IN_FLIGHT, endpoint)
-        in_flight.inc()
+        in_flight = request_started(endpoint)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            in_flight.dec()
-            metrics.child(metrics.REQUESTS, endpoint, scope["method"], str(status)).inc()
+            request_ended(in_flight, endpoint, scope["method"], status)
+
+
+def request_started(endpoint: str):
+    """Count a request in flight (HttpMetrics, and the protocol's fast lane); returns the gauge
+    to hand to `request_ended`."""
+    in_flight = metrics.child(metrics.IN_FLIGHT, endpoint)
+    in_flight.inc()
+    return in_flight
+
+
+def request_ended(in_flight, endpoint: str, method: str, status: int) -> None:
+    """The request is answered with `status`: out of flight, counted by endpoint and status."""
+    in_flight.dec()
+    metrics.child(metrics.REQUESTS, endpoint, method, str(status)).inc()

@@ -25,8 +25,10 @@ import functools
 import http
 import json
 import logging
+import urllib.parse
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from server import metrics
 from server.http.errors import (
@@ -114,8 +116,60 @@ def coalesce_head(cycle) -> None:
     cycle.send = send_head_with_body
 
 
+def one_whole_request(data: bytes) -> tuple[int, bytes] | None:
+    """(content length, body) when `data` is exactly one request with a Content-Length body,
+    head and body complete, nothing after it; None otherwise (chunked, partial, pipelined)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[:end].lower()
+    at = head.find(b"\r\ncontent-length:")
+    if at < 0 or b"\r\ntransfer-encoding:" in head:
+        return None
+    stop = head.find(b"\r\n", at + 2)
+    value = head[at + 17 : stop if stop >= 0 else len(head)].strip()
+    if not value.isdigit() or end + 4 + int(value) != len(data):
+        return None
+    return int(value), data[end + 4 :]
+
+
+def find_lane(app):
+    """The app's `FastLane` (`server.http.app.AccsmoothApp.lane`) under uvicorn's wrappers."""
+    for _ in range(8):
+        lane = getattr(app, "lane", None)
+        if lane is not None:
+            return lane
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+class _NoEvent:
+    def set(self) -> None: ...
+
+
+class LaneCycle:
+    """What uvicorn's protocol needs of a request cycle while the fast lane answers one: whether
+    the answer is written, whether to keep the connection (uvicorn's `shutdown()` clears it),
+    and the hooks `connection_lost()` pokes. While it is incomplete, a request that arrives
+    behind it is queued by uvicorn as a pipelined one, so answers keep their order."""
+
+    __slots__ = ("keep_alive", "response_complete", "disconnected", "message_event")
+
+    def __init__(self, keep_alive: bool):
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
+        self.message_event = _NoEvent()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with a header deadline and a header size limit."""
+    """HttpToolsProtocol with a header deadline and a header size limit, and the fast lane:
+    a plain raw-body POST /certify that arrives whole in one read (the usual request: a small
+    image on a keep-alive connection) is answered straight from here by the app's `FastLane`,
+    without uvicorn's ASGI request cycle and task or the gate's middleware; any other request,
+    or one that arrives in pieces or behind another, takes the ASGI path as before."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -125,6 +179,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._tail = b""  # last bytes seen, to find a blank line split across two reads
         self._received_any = False
+        self._lane = find_lane(self.app)
+        self._between_requests = True  # the parser is not inside a request
+        self._whole: tuple[int, bytes] | None = None  # this read: one whole request, its body
+        self._lane_params: dict | None = None  # the request being parsed goes to the lane
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -149,19 +207,92 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 )
                 self._refuse(error, "headers_too_large")
                 return
+        self._whole = (
+            one_whole_request(data) if self._lane is not None and self._between_requests else None
+        )
         super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._between_requests = False
         self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         self._counting = False
+        if self._whole is not None:
+            self._lane_params = self._lane_takes(*self._whole)
+            if self._lane_params is not None:
+                return  # no ASGI cycle: answered at on_message_complete
         cycle = self.cycle
         super().on_headers_complete()
         if self.cycle is not cycle:  # a new request's cycle (not a websocket upgrade)
             coalesce_head(self.cycle)
+
+    def _lane_takes(self, content_length: int, _body: bytes) -> dict | None:
+        """The fast lane's parameters for the request whose headers just ended, or None."""
+        parser = self.parser
+        if parser.get_http_version() != "1.1" or self.expect_100_continue:
+            return None
+        if parser.should_upgrade() or self.pipeline:
+            return None
+        if self.cycle is not None and not self.cycle.response_complete:
+            return None  # behind an answer still being written: uvicorn queues it
+        url = httptools.parse_url(self.url)
+        path = url.path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope = {
+            "type": "http",
+            "method": parser.get_method().decode("ascii"),
+            "path": path,
+            "headers": self.headers,
+            "query_string": url.query or b"",
+        }
+        return self._lane.takes(scope, content_length)
+
+    def on_body(self, body: bytes) -> None:
+        if self._lane_params is None:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._between_requests = True
+        params, self._lane_params = self._lane_params, None
+        if params is None:
+            super().on_message_complete()
+            return
+        cycle = LaneCycle(keep_alive=self.parser.should_keep_alive())
+        self.cycle = cycle
+        task = self.loop.create_task(self._answer_lane(params, self._whole[1], cycle))
+        task.add_done_callback(self.tasks.discard)  # uvicorn's shutdown waits for its tasks
+        self.tasks.add(task)
+
+    async def _answer_lane(self, params: dict, data: bytes, cycle: LaneCycle) -> None:
+        try:
+            status, body, headers = await self._lane.respond(params, data)
+        except Exception:  # noqa: BLE001 - as uvicorn does for an app that raises: a 500
+            log.exception("the fast lane failed on POST /certify")
+            detail = "the server failed to answer; see its log"
+            status, body, headers = 500, json.dumps(error_body("internal", detail)).encode(), {}
+            cycle.keep_alive = False
+        if self.transport.is_closing():  # the client left: nothing to write to
+            cycle.response_complete = True
+            return
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        for name, value in headers.items():
+            head.append(f"{name.lower()}: {value}\r\n".encode("latin-1"))
+        if not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += [b"\r\n", body]
+        self.transport.write(b"".join(head))
+        cycle.response_complete = True
+        if cycle.keep_alive:
+            self.on_response_complete()
+        else:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
