@@ -72,6 +72,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{name}")
         self._last_size = 0
+        self._busy = False  # a batch is running (on the loop or on the batcher's thread)
         self.inline_max = inline_max
         self._per_image = None  # seconds of compute per image, smoothed; None: not measured yet
         self._depth = metrics.FAST_QUEUE_DEPTH.labels(name)
@@ -90,10 +91,20 @@ class MicroBatcher:
         self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, image: np.ndarray, meta: Any = None, endpoint: str = "/certify"):
-        """Queue one image; returns its result from `process`. Overloaded when the queue is full."""
+    async def submit(
+        self, image: np.ndarray, meta: Any = None, endpoint: str = "/certify", *, alone=False
+    ):
+        """Queue one image; returns its result from `process`. Overloaded when the queue is full.
+
+        `alone`: the caller knows no other request is in the server (the HTTP protocol's fast
+        lane counts them); then, with nothing queued or running and a model cheap enough to
+        run on the event loop, the image runs at once as a batch of one, without the hand-off
+        to the batcher's task (about 9 us of a 0.3 ms request). Nothing could have joined its
+        batch: no other request exists to be decoded meanwhile."""
         if self._task is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if alone and not self._queue and not self._busy and self._inline(1):
+            return self._run_now(image, meta, endpoint)
         if len(self._queue) >= self.max_queue:
             metrics.REJECTED.labels(endpoint, "fast_queue_full").inc()
             raise Overloaded(
@@ -142,29 +153,55 @@ class MicroBatcher:
                 return
             self._take(batch)
 
+    def _inline(self, size: int) -> bool:
+        """Whether a batch of `size` is expected to take at most `inline_max` of compute."""
+        return self._per_image is not None and self._per_image * size <= self.inline_max
+
+    def _failed(self, size: int, exc: Exception) -> InferenceFailed:
+        log.error("model %s: batch of %d failed", self.name, size, exc_info=exc)
+        return InferenceFailed(f"model {self.name!r}: inference failed: {exc}")
+
+    def _ran(self, started: float, size: int) -> float:
+        """Record a batch of `size` that started at `started`; returns its compute time."""
+        compute = time.perf_counter() - started
+        per_image = compute / size
+        self._per_image = (
+            per_image if self._per_image is None else (0.8 * self._per_image + 0.2 * per_image)
+        )
+        metrics.child(metrics.BATCH_SIZE, self.name).observe(size)
+        return compute
+
+    def _run_now(self, image: np.ndarray, meta: Any, endpoint: str):
+        """A lone request's image as a batch of one, on the event loop, without queueing."""
+        started = time.perf_counter()
+        try:
+            result = self.process(image[None], [meta])[0]
+        except Exception as exc:  # noqa: BLE001 - the request gets a domain error
+            raise self._failed(1, exc) from exc
+        compute = self._ran(started, 1)
+        metrics.child(metrics.QUEUE_SECONDS, endpoint, self.name).observe(0.0)
+        metrics.child(metrics.COMPUTE_SECONDS, endpoint, self.name).observe(compute)
+        return result
+
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
         images = np.stack([item.image for item in batch])
         metas = [item.meta for item in batch]
-        inline = self._per_image is not None and self._per_image * len(batch) <= self.inline_max
+        self._busy = True
         try:
-            if inline:
+            if self._inline(len(batch)):
                 results = self.process(images, metas)
             else:
                 results = await loop.run_in_executor(self._executor, self.process, images, metas)
         except Exception as exc:  # noqa: BLE001 - every waiting request must get an answer
-            log.exception("model %s: batch of %d failed", self.name, len(batch))
-            error = InferenceFailed(f"model {self.name!r}: inference failed: {exc}")
+            error = self._failed(len(batch), exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
-        compute = time.perf_counter() - started
-        per_image = compute / len(batch)
-        self._per_image = (
-            per_image if self._per_image is None else (0.8 * self._per_image + 0.2 * per_image)
-        )
-        metrics.child(metrics.BATCH_SIZE, self.name).observe(len(batch))
+        finally:
+            self._busy = False
+        compute = self._ran(started, len(batch))
         for item, result in zip(batch, results, strict=True):
             metrics.child(metrics.QUEUE_SECONDS, item.endpoint, self.name).observe(
                 started - item.queued_at

@@ -87,13 +87,15 @@ async def surrogate_answer(
     endpoint: str = "/certify",
     started: float | None = None,
     shadow: ShadowAuditor | None = None,
+    alone: bool = False,
 ) -> dict:
     """`certify_surrogate` as a plain dict of the SurrogateCertificate fields (no pydantic):
-    what `server.http.fastpath` serializes straight to JSON."""
+    what `server.http.fastpath` serializes straight to JSON. `alone`: no other request is in
+    the server (see `MicroBatcher.submit`)."""
     started = started or time.perf_counter()
     image = await decode(model, decoder, data, resize=resize)
     fields = await surrogate_fields(
-        model, image, calibrated=calibrated, endpoint=endpoint, started=started
+        model, image, calibrated=calibrated, endpoint=endpoint, started=started, alone=alone
     )
     if shadow is not None and shadow.rate > 0:  # never blocks; see server.shadow.auditor
         shadow.offer(model, image.array, data, SurrogateCertificate.model_construct(**fields))
@@ -148,11 +150,12 @@ async def surrogate_fields(
     endpoint: str,
     started: float,
     record: bool = True,
+    alone: bool = False,
 ) -> dict:
     """The fields of `SurrogateCertificate`, in its order, as plain Python values."""
     m = model.manifest
     shift = m.shift if calibrated else 0.0
-    p_a, cert = await model.batcher.submit(image.array, shift, endpoint)
+    p_a, cert = await model.batcher.submit(image.array, shift, endpoint, alone=alone)
     seconds = time.perf_counter() - started
     if record:
         record_certificate(endpoint, model.name, "surrogate", cert, seconds)

@@ -124,7 +124,9 @@ class FastCertify:
             return self.state.registry.get(params["model"])
         return self.state.registry.for_radius(params["radius"])
 
-    async def certificate(self, model, params: dict, data: bytes, started: float) -> bytes:
+    async def certificate(
+        self, model, params: dict, data: bytes, started: float, alone: bool = False
+    ) -> bytes:
         """The JSON certificate of one image's bytes; domain errors as `surrogate_answer`."""
         state = self.state
         answer = await surrogate_answer(
@@ -135,6 +137,7 @@ class FastCertify:
             decoder=state.decoder,
             started=started,
             shadow=state.shadow,
+            alone=alone,
         )
         return orjson.dumps(answer)
 
@@ -188,7 +191,11 @@ class FastLane:
             return None  # the gate answers 413
         return self.fast.takes(scope)
 
-    async def respond(self, params: dict, data: bytes) -> tuple[int, bytes, dict]:
+    async def respond(
+        self, params: dict, data: bytes, alone: bool = False
+    ) -> tuple[int, bytes, dict]:
+        """(status, JSON body, headers) for a whole request; `alone`: no other request is in
+        the server, so the model may run without the batcher's hand-off."""
         started = time.perf_counter()
         status = 500  # if the answer dies
         in_flight = request_started(PATH)
@@ -197,7 +204,7 @@ class FastLane:
             model = self.fast.model(params)
             self.admission.take(PATH)  # as the gate: once the body is complete (it is)
             admitted = True
-            body = await self.fast.certificate(model, params, data, started)
+            body = await self.fast.certificate(model, params, data, started, alone)
             status, headers = 200, {}
         except AccsmoothError as exc:
             status, body, headers = error_answer(exc)

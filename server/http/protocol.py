@@ -269,7 +269,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     async def _answer_lane(self, params: dict, data: bytes, cycle: LaneCycle) -> None:
         try:
-            status, body, headers = await self._lane.respond(params, data)
+            alone = len(self.tasks) == 1  # this request's task: no other request to batch with
+            status, body, headers = await self._lane.respond(params, data, alone)
         except Exception:  # noqa: BLE001 - as uvicorn does for an app that raises: a 500
             log.exception("the fast lane failed on POST /certify")
             detail = "the server failed to answer; see its log"

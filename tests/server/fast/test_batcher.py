@@ -185,3 +185,80 @@ def test_a_failing_inline_batch_answers_every_request():
         await batcher.stop()
 
     run(scenario())
+
+
+class TaskRecorder(Recorder):
+    """Also records which asyncio task ran each batch (None: the batcher's thread)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tasks: list = []
+
+    def __call__(self, images, metas):
+        try:
+            self.tasks.append(asyncio.current_task())
+        except RuntimeError:  # no running loop in this thread
+            self.tasks.append(None)
+        return super().__call__(images, metas)
+
+
+def test_a_request_alone_in_the_server_runs_in_its_own_task_without_queueing():
+    recorder = TaskRecorder()
+
+    async def scenario():
+        batcher = await started(recorder, inline_max=1.0)
+        await batcher.submit(np.ones((2, 2), np.float32), "m")  # measured: quick enough
+        ours = asyncio.current_task()
+        alone = await batcher.submit(np.ones((2, 2), np.float32), "a", alone=True)
+        queued = await batcher.submit(np.ones((2, 2), np.float32), "q")
+        await batcher.stop()
+        return ours, alone, queued
+
+    ours, alone, queued = run(scenario())
+    assert alone == (4.0, "a") and queued == (4.0, "q")
+    assert recorder.tasks[1] is ours  # the caller's own task ran the model
+    assert recorder.tasks[2] is not ours  # without `alone`: the batcher's task
+    assert recorder.sizes == [1, 1, 1]
+
+
+def test_alone_still_queues_behind_waiting_images_or_before_the_model_is_measured():
+    gate = threading.Event()
+    recorder = Recorder(gate)
+
+    async def scenario():
+        batcher = await started(recorder, inline_max=1.0, max_batch=8)
+        # not measured yet: even alone, the first image goes to the batcher's thread
+        first = asyncio.create_task(batcher.submit(np.ones((2, 2), np.float32), 1, alone=True))
+        await asyncio.sleep(0.05)
+        later = [
+            asyncio.create_task(batcher.submit(np.ones((2, 2), np.float32), i, alone=True))
+            for i in (2, 3)
+        ]
+        await asyncio.sleep(0.05)  # a batch is running: the others wait and batch together
+        gate.set()
+        results = await asyncio.gather(first, *later)
+        await batcher.stop()
+        return results
+
+    results = run(scenario())
+    assert [meta for _, meta in results] == [1, 2, 3]
+    assert recorder.sizes == [1, 2]
+
+
+def test_a_failing_model_run_alone_raises_inference_failed():
+    calls = []
+
+    def process(images, metas):
+        calls.append(len(images))
+        if len(calls) > 1:
+            raise RuntimeError("boom")
+        return [(0.0, m) for m in metas]
+
+    async def scenario():
+        batcher = await started(process, inline_max=1.0)
+        await batcher.submit(np.ones((2, 2), np.float32), "m")
+        with pytest.raises(InferenceFailed, match="boom"):
+            await batcher.submit(np.ones((2, 2), np.float32), "m", alone=True)
+        await batcher.stop()
+
+    run(scenario())
