@@ -22,6 +22,7 @@ whole in one read, on an HTTP/1.1 connection with no answer pending, is answered
 app's `FastLane`, with no ASGI request cycle, task or middleware (35-40 us of a 0.3 ms request);
 the lane applies the body limit, admission slots and HTTP metrics itself, and tells the batcher
 when the request is the only one in the worker. Everything else takes uvicorn's ASGI path.
+uvicorn's access log (off in `python -m server`) does not see lane requests; the HTTP metrics do.
 
 `python -m server` uses this protocol; with plain uvicorn pass
 `--http server.http.protocol:GuardedHttpToolsProtocol`.
