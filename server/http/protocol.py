@@ -230,7 +230,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._counting = False
         if self._whole is not None:
-            self._lane_params = self._lane_takes(*self._whole)
+            self._lane_params = self._lane_takes(self._whole[0])
             if self._lane_params is not None:
                 return  # no ASGI cycle: answered at on_message_complete
         cycle = self.cycle
@@ -238,7 +238,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not cycle:  # a new request's cycle (not a websocket upgrade)
             coalesce_head(self.cycle)
 
-    def _lane_takes(self, content_length: int, _body: bytes) -> dict | None:
+    def _lane_takes(self, content_length: int) -> dict | None:
         """The fast lane's parameters for the request whose headers just ended, or None."""
         parser = self.parser
         if parser.get_http_version() != "1.1" or self.expect_100_continue:
