@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -96,3 +97,16 @@ def metric(samples: dict, name: str, **labels) -> float:
 
 def post_image(client: TestClient, data: bytes, path: str = "/certify", ctype="image/png", **kw):
     return client.post(path, content=data, headers={"content-type": ctype}, **kw)
+
+
+@contextlib.contextmanager
+def tiny_server(root: Path, **env: str):
+    """A real `python -m server` (uvicorn, `server.http.protocol`) on a free port serving the
+    `tiny` test bundle written under `root`, CPU provider, one onnxruntime thread, `env` on top."""
+    from loadtests.serve import ServerProcess
+    from server.placeholder import write_bundle
+
+    write_bundle(root / "models" / "tiny", classes=CLASSES, shape=SHAPE, calibration=CALIBRATION)
+    env = {"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider", "ACCSMOOTH_INTRA_OP_THREADS": "1"} | env
+    with ServerProcess(root / "models", env=env, log_path=root / "server.log") as process:
+        yield process

@@ -9,29 +9,22 @@ import json
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
-from loadtests.serve import ServerProcess
-from server.placeholder import write_bundle
-from tests.server.helpers import CALIBRATION, CLASSES, SHAPE, solid
+from tests.server.helpers import solid, tiny_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root: Path = tmp_path_factory.mktemp("connections")
-    write_bundle(root / "models" / "tiny", classes=CLASSES, shape=SHAPE, calibration=CALIBRATION)
     env = {
-        "ACCSMOOTH_PROVIDERS": "CPUExecutionProvider",
-        "ACCSMOOTH_INTRA_OP_THREADS": "1",
         "ACCSMOOTH_HEADER_TIMEOUT_S": "1",
         "ACCSMOOTH_BODY_TIMEOUT_S": "1",
         "ACCSMOOTH_MAX_HEADER_BYTES": "8192",
         "ACCSMOOTH_MAX_SAMPLES": str(10**12),
         "ACCSMOOTH_LOG_LEVEL": "info",
     }
-    with ServerProcess(root / "models", env=env, log_path=root / "server.log") as process:
+    with tiny_server(tmp_path_factory.mktemp("connections"), **env) as process:
         yield process
 
 

@@ -10,23 +10,17 @@ import asyncio
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
-from loadtests.serve import ServerProcess
 from server.http.errors import Overloaded
 from server.http.protocol import one_whole_request
-from server.placeholder import write_bundle
-from tests.server.helpers import CALIBRATION, CLASSES, SHAPE, solid
+from tests.server.helpers import solid, tiny_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root: Path = tmp_path_factory.mktemp("lane")
-    write_bundle(root / "models" / "tiny", classes=CLASSES, shape=SHAPE, calibration=CALIBRATION)
-    env = {"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider", "ACCSMOOTH_INTRA_OP_THREADS": "1"}
-    with ServerProcess(root / "models", env=env, log_path=root / "server.log") as process:
+    with tiny_server(tmp_path_factory.mktemp("lane")) as process:
         yield process
 
 

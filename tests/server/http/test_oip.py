@@ -8,16 +8,13 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from loadtests.serve import ServerProcess
-from server.placeholder import write_bundle
-from tests.server.helpers import CALIBRATION, CLASSES, SHAPE, solid
+from tests.server.helpers import solid, tiny_server
 
 IMAGES = [solid(230), solid(20), solid(128)]  # certified cat, certified dog, abstain
 OUTPUTS = ("predicted_class", "certified_radius", "p_a", "p_a_lower", "abstained")
@@ -25,10 +22,7 @@ OUTPUTS = ("predicted_class", "certified_radius", "p_a", "p_a_lower", "abstained
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root: Path = tmp_path_factory.mktemp("oip")
-    write_bundle(root / "models" / "tiny", classes=CLASSES, shape=SHAPE, calibration=CALIBRATION)
-    env = {"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider", "ACCSMOOTH_INTRA_OP_THREADS": "1"}
-    with ServerProcess(root / "models", env=env, log_path=root / "server.log") as process:
+    with tiny_server(tmp_path_factory.mktemp("oip")) as process:
         yield process
 
 
