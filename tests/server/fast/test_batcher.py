@@ -168,7 +168,8 @@ def test_quick_batches_run_on_the_event_loop_once_measured_as_quick(inline_max, 
     assert all((t == loop_thread) == inline_after_first for t in recorder.threads[1:])
 
 
-def test_a_failing_inline_batch_answers_every_request():
+@pytest.mark.parametrize("alone", [False, True])  # through the queue, or run at once
+def test_a_failing_inline_batch_answers_every_request(alone):
     calls = []
 
     def process(images, metas):
@@ -180,8 +181,8 @@ def test_a_failing_inline_batch_answers_every_request():
     async def scenario():
         batcher = await started(process, inline_max=1.0)
         await batcher.submit(np.ones((2, 2), np.float32), "m")
-        with pytest.raises(InferenceFailed):
-            await batcher.submit(np.ones((2, 2), np.float32), "m")
+        with pytest.raises(InferenceFailed, match="boom"):
+            await batcher.submit(np.ones((2, 2), np.float32), "m", alone=alone)
         await batcher.stop()
 
     run(scenario())
@@ -243,22 +244,3 @@ def test_alone_still_queues_behind_waiting_images_or_before_the_model_is_measure
     results = run(scenario())
     assert [meta for _, meta in results] == [1, 2, 3]
     assert recorder.sizes == [1, 2]
-
-
-def test_a_failing_model_run_alone_raises_inference_failed():
-    calls = []
-
-    def process(images, metas):
-        calls.append(len(images))
-        if len(calls) > 1:
-            raise RuntimeError("boom")
-        return [(0.0, m) for m in metas]
-
-    async def scenario():
-        batcher = await started(process, inline_max=1.0)
-        await batcher.submit(np.ones((2, 2), np.float32), "m")
-        with pytest.raises(InferenceFailed, match="boom"):
-            await batcher.submit(np.ones((2, 2), np.float32), "m", alone=True)
-        await batcher.stop()
-
-    run(scenario())
