@@ -25,7 +25,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import metrics
-from server.http.errors import AccsmoothError, ClientDisconnected, error_body, status_of
+from server.http.errors import (
+    AccsmoothError,
+    ClientDisconnected,
+    error_body,
+    log_answered,
+    status_of,
+)
 from server.http.fastpath import FastCertify, FastLane
 from server.http.middleware import AdmissionLimit, BodyDeadline, BodyLimit, HttpMetrics
 from server.http.routes import certify, docs, health, models, oip, shadow_audits, web
@@ -85,16 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AccsmoothError)
     async def domain_error(request: Request, exc: AccsmoothError) -> JSONResponse:
         status = status_of(exc)
-        if status >= 499:  # 499: the client left, worth a line but not a warning
-            log.log(
-                logging.INFO if status == 499 else logging.WARNING,
-                "%s %s -> %d %s: %s",
-                request.method,
-                request.url.path,
-                status,
-                exc.code,
-                exc.detail,
-            )
+        log_answered(log, request.method, request.url.path, status, exc)
         body = error_body(exc.code, exc.detail)
         return JSONResponse(body, status_code=status, headers=exc.headers)
 

@@ -8,6 +8,8 @@ error: subclass `AccsmoothError`, give it a `code`, and add a row to `STATUS`.
 
 from __future__ import annotations
 
+import logging
+
 
 class AccsmoothError(Exception):
     """Base of every error the service answers on purpose. `detail` is shown to the client."""
@@ -180,3 +182,18 @@ def status_of(error: AccsmoothError) -> int:
 def error_body(code: str, detail: str) -> dict[str, str]:
     """The JSON body of every error answer."""
     return {"error": code, "detail": detail}
+
+
+def log_answered(log: logging.Logger, method: str, path: str, status: int, error) -> None:
+    """The one log line of an error answer worth one: 499 (the client left) at INFO, 5xx as a
+    warning, nothing below 499 (the client's own mistake, already in its answer)."""
+    if status >= 499:
+        log.log(
+            logging.INFO if status == 499 else logging.WARNING,
+            "%s %s -> %d %s: %s",
+            method,
+            path,
+            status,
+            error.code,
+            error.detail,
+        )

@@ -25,7 +25,13 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.fast.surrogate import surrogate_answer
-from server.http.errors import AccsmoothError, ClientDisconnected, error_body, status_of
+from server.http.errors import (
+    AccsmoothError,
+    ClientDisconnected,
+    error_body,
+    log_answered,
+    status_of,
+)
 from server.http.middleware import request_ended, request_started
 
 log = logging.getLogger(__name__)
@@ -161,15 +167,7 @@ def error_answer(exc: AccsmoothError) -> tuple[int, bytes, dict]:
     """The error table's (status, JSON body, headers) for `exc`, logged as the app's handler
     logs it: 499 (the client left) is worth a line, 5xx a warning."""
     status = status_of(exc)
-    if status >= 499:
-        log.log(
-            logging.INFO if status == 499 else logging.WARNING,
-            "POST %s -> %d %s: %s",
-            PATH,
-            status,
-            exc.code,
-            exc.detail,
-        )
+    log_answered(log, "POST", PATH, status, exc)
     return status, orjson.dumps(error_body(exc.code, exc.detail)), exc.headers or {}
 
 
