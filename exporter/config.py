@@ -100,6 +100,17 @@ class TrainSurrogateConfig:
     grad_clip: float = 0.0
     threads: int = 0
     seed: int = 0
+    # a trained surrogate graph (e.g. a committed bundle's surrogate.onnx, same arch and widths)
+    # to import instead of training the network; a probe head is still trained on it
+    from_onnx: str = ""
+    # probe head (exporter/probes.py; 0 = off): the served surrogate also runs the base on this
+    # many fixed noisy copies of the image (antithetic pairs drawn from probe_seed), and a small
+    # MLP combines their votes and logits with the network's output. Costs K base passes.
+    probes: int = 0
+    probe_seed: int = 2026
+    head_hidden: int = 256  # units in each of the head's two hidden layers
+    head_epochs: int = 30  # passes over the training images' features (computed once)
+    head_lr: float = 2e-3  # peak learning rate of AdamW's one-cycle schedule
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import torch
 from accsmooth.bundle import sha256_of
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from exporter import data as data_stage
-from exporter import models, train_base, train_surrogate
+from exporter import models, probes, train_base, train_surrogate
 from exporter.config import Config, ExportConfig
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,12 @@ def _paths(work: Path, kind: str) -> tuple[Path, Path, Path]:
 
 def network(checkpoint: Path, kind: str) -> torch.nn.Module:
     """The torch network a `kind` graph must compute: the checkpoint's, with a softmax for the
-    surrogate."""
+    surrogate, or the probe surrogate around it when the checkpoint holds a probe head."""
     net = models.from_checkpoint(checkpoint)
     if kind == "surrogate":
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if "probe_head" in state:
+            return probes.from_checkpoint(net, state["probe_head"])
         net = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)).eval()
     return net
 

@@ -60,6 +60,44 @@ def noisy_accuracy(model, images_uint8, labels, sigma: float, seed: int = 0) -> 
     return float(correct) / len(labels)
 
 
+def network_from_onnx(source: Path, arch: str, widths) -> tuple:
+    """(network in eval mode, mean, std, num_classes) of a `cnn` graph the exporter wrote (the
+    base's logits, or a surrogate's, whose final softmax is left out), BatchNorms folded as
+    `import_onnx` says."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(source).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    (gemm,) = [node for node in graph.node if node.op_type == "Gemm"]
+    # Normalize is the first layer: (x - mean) / std, whatever the wrapper prefixed to the names
+    (sub,) = [node for node in graph.node if node.op_type == "Sub"]
+    (div,) = [node for node in graph.node if node.op_type == "Div"]
+    mean = init[sub.input[1]].reshape(-1).tolist()
+    std = init[div.input[1]].reshape(-1).tolist()
+    num_classes = init[gemm.input[2]].shape[0]
+    model = models.build(arch, widths, num_classes, mean, std)
+    conv_layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    if len(conv_layers) != len(convs):
+        raise ValueError(
+            f"{source}: {len(convs)} convolutions, the {arch} config has "
+            f"{len(conv_layers)}; set the widths to the graph's"
+        )
+    with torch.no_grad():
+        for node, conv, norm in zip(convs, conv_layers, norms, strict=True):
+            conv.weight.copy_(torch.tensor(init[node.input[1]]))
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0)
+            norm.weight.fill_(float(np.sqrt(1.0 + norm.eps)))
+            norm.bias.copy_(torch.tensor(init[node.input[2]]))
+        linear.weight.copy_(torch.tensor(init[gemm.input[1]]))
+        linear.bias.copy_(torch.tensor(init[gemm.input[2]]))
+    return model.eval(), mean, std, num_classes
+
+
 def import_onnx(cfg: Config, work: Path) -> Path:
     """base.pt from a trained `cnn` graph (`train_base.from_onnx`). The export-base stage then
     copies that very graph as the base graph, so every Monte-Carlo result is of the file the old
@@ -70,36 +108,8 @@ def import_onnx(cfg: Config, work: Path) -> Path:
     function in eval mode. `folded_batchnorm` in the checkpoint tells the surrogate stage to keep
     those layers in eval mode while fine-tuning (batch statistics would undo the folding).
     """
-    import onnx
-    from onnx import numpy_helper
-
     c, source = cfg.train_base, Path(cfg.train_base.from_onnx)
-    graph = onnx.load(source).graph
-    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    convs = [node for node in graph.node if node.op_type == "Conv"]
-    (gemm,) = [node for node in graph.node if node.op_type == "Gemm"]
-    mean = init["0.mean"].reshape(-1).tolist()
-    std = init["0.std"].reshape(-1).tolist()
-    num_classes = init[gemm.input[2]].shape[0]
-    model = models.build(c.arch, c.widths, num_classes, mean, std)
-    conv_layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    if len(conv_layers) != len(convs):
-        raise ValueError(
-            f"{source}: {len(convs)} convolutions, the {c.arch} config has "
-            f"{len(conv_layers)}; set train_base.widths to the graph's"
-        )
-    with torch.no_grad():
-        for node, conv, norm in zip(convs, conv_layers, norms, strict=True):
-            conv.weight.copy_(torch.as_tensor(init[node.input[1]]))
-            norm.running_mean.zero_()
-            norm.running_var.fill_(1.0)
-            norm.weight.fill_(float(np.sqrt(1.0 + norm.eps)))
-            norm.bias.copy_(torch.as_tensor(init[node.input[2]]))
-        linear.weight.copy_(torch.as_tensor(init[gemm.input[1]]))
-        linear.bias.copy_(torch.as_tensor(init[gemm.input[2]]))
-    model.eval()
+    model, mean, std, num_classes = network_from_onnx(source, c.arch, c.widths)
     ckpt = work / CHECKPOINT
     torch.save(
         {

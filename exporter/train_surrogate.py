@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from exporter import data as data_stage
-from exporter import models, targets, torch_work, train_base
+from exporter import models, probes, targets, torch_work, train_base
 from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
@@ -81,19 +81,95 @@ def online_labeller(cfg: Config, work: Path):
     return label
 
 
+def fit_to_targets(counts: np.ndarray, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequencies [M,K], what the loss fits [M,K] or [M,K+1] with N per row) of counts."""
+    draws = counts.sum(1, keepdims=True)  # N per image: adaptive N gives confident ones more
+    freqs = torch.as_tensor(counts / draws, dtype=torch.float32)
+    if loss in WITH_DRAW_COUNTS:
+        return freqs, torch.cat([freqs, torch.as_tensor(draws, dtype=torch.float32)], dim=1)
+    return freqs, freqs
+
+
+def import_onnx(cfg: Config, work: Path) -> Path:
+    """surrogate.pt from a trained surrogate graph (`train_surrogate.from_onnx`), its network
+    finished (epoch = epochs), BatchNorms folded as `train_base.import_onnx` says."""
+    c, base = cfg.train_surrogate, train_base.load(work)
+    widths = list(c.widths) or list(base["widths"])
+    model, mean, std, num_classes = train_base.network_from_onnx(
+        Path(c.from_onnx), base["arch"], widths
+    )
+    ckpt = work / CHECKPOINT
+    extra = {key: base[key] for key in ("arch", "sigma")}
+    extra |= {"num_classes": num_classes, "mean": mean, "std": std, "widths": widths}
+    extra |= {"loss": c.loss, "config": cfg.to_dict(), "imported_from": c.from_onnx}
+    torch.save({"model": model.state_dict(), "epoch": c.epochs, **extra}, ckpt)
+    log.info("train-surrogate: imported %s instead of training the network", c.from_onnx)
+    return ckpt
+
+
+def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
+    """Train the probe head (`exporter.probes`) over the finished network in `ckpt` and the
+    base, on the training images' targets, and store it in `ckpt`; a head already stored there
+    for the same settings is kept."""
+    c = cfg.train_surrogate
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    settings = {
+        "k": c.probes,
+        "seed": c.probe_seed,
+        "hidden": c.head_hidden,
+        "epochs": c.head_epochs,
+        "lr": c.head_lr,
+    }
+    if state.get("probe_head", {}).get("settings") == settings:
+        log.info("train-surrogate: probe head already trained (%s)", settings)
+        return ckpt
+    ds = data_stage.load(work)
+    images = targets.labelled_images(work, ds.train.images)
+    base_state = train_base.load(work)
+    base = train_base.network(work)
+    network = models.from_checkpoint(ckpt)
+    shape = tuple(int(v) for v in images.shape[1:])
+    noise_args = {"k": c.probes, "shape": shape, "sigma": cfg.bundle.sigma, "seed": c.probe_seed}
+    noise = probes.probe_noise(**noise_args)
+    feats = probes.probe_features(network, base, noise, images)
+    _, fit_to = fit_to_targets(targets.load(work), "ce_probit_censored")
+    head = probes.fit_head(
+        feats,
+        fit_to,
+        hidden=c.head_hidden,
+        epochs=c.head_epochs,
+        lr=c.head_lr,
+        seed=c.seed,
+        batch_size=c.batch_size,
+        watch=min(1000, len(feats) // 50),  # as the network's fit: the last 2%, at most 1,000
+    )
+    meta = {key: base_state[key] for key in ("arch", "widths", "num_classes", "mean", "std")}
+    stored = probes.head_state(head, base, meta, noise_args)
+    state["probe_head"] = stored | {"settings": settings}
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(ckpt)
+    log.info("train-surrogate: probe head over %d probes stored in %s", c.probes, ckpt.name)
+    return ckpt
+
+
 def run(cfg: Config, work: Path) -> Path:
     c = cfg.train_surrogate
     if c.threads:
         torch.set_num_threads(c.threads)
+    ckpt = train_network(cfg, work) if not c.from_onnx else import_onnx(cfg, work)
+    return add_probe_head(cfg, work, ckpt) if c.probes else ckpt
+
+
+def train_network(cfg: Config, work: Path) -> Path:
+    """surrogate.pt: the network h fine-tuned (or trained) on the targets, per epoch."""
+    c = cfg.train_surrogate
     ds = data_stage.load(work)
     counts = targets.load(work)
     images = targets.labelled_images(work, ds.train.images)  # with mirrors when labelled
     originals = len(images) // 2 if targets.load_meta(work).get("flipped") else len(images)
-    draws = counts.sum(1, keepdims=True)  # N per image: adaptive N gives confident ones more
-    freqs = torch.as_tensor(counts / draws, dtype=torch.float32)
-    fit_to = freqs
-    if c.loss in WITH_DRAW_COUNTS:
-        fit_to = torch.cat([freqs, torch.as_tensor(draws, dtype=torch.float32)], dim=1)
+    draws = counts.sum(1, keepdims=True)
+    freqs, fit_to = fit_to_targets(counts, c.loss)
     base = train_base.load(work)
     widths = list(c.widths) or list(base["widths"])
     if c.init_from_base and widths != list(base["widths"]):

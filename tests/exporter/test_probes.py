@@ -1,0 +1,171 @@
+"""The probe surrogate: fixed antithetic noise from a seed, the base run on exactly those noisy
+copies, a head that starts as the surrogate network itself and learns from the targets, and a
+checkpoint that exports to an ONNX graph computing the same in onnxruntime.
+
+Real networks throughout: a base trained for one epoch on the committed tiny CIFAR-10 slice,
+its targets drawn by the targets stage, the surrogate imported from an exported graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accsmooth.runtime import OnnxPredictor, make_session
+from exporter import data, models, onnx_export, probes, targets, train_base, train_surrogate
+from exporter.config import load_config
+from exporter.executor import LocalExecutor, using
+from exporter.losses import censored_probit_cross_entropy
+from tests.exporter.conftest import SMOKE
+from tests.exporter.test_onnx_export import TINY_DATA
+
+PROBES = [
+    "train_surrogate.probes=4",
+    "train_surrogate.head_epochs=3",
+    "train_surrogate.head_hidden=16",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(config, work folder) with data, a base trained one epoch, its graph and its targets."""
+    cfg = load_config(SMOKE, TINY_DATA + PROBES)
+    work = tmp_path_factory.mktemp("probe-work")
+    data.prepare(cfg.data, work)
+    train_base.run(cfg, work)
+    onnx_export.run(cfg, work, "base")
+    with using(LocalExecutor(1)):
+        targets.run(cfg, work)
+    return cfg, work
+
+
+def test_probe_noise_is_antithetic_seeded_and_scaled_by_sigma():
+    noise = probes.probe_noise(6, (3, 4, 4), 0.5, seed=7)
+    assert noise.shape == (6, 3, 4, 4) and noise.dtype == np.float32
+    np.testing.assert_array_equal(noise[3:], -noise[:3])
+    np.testing.assert_array_equal(noise, probes.probe_noise(6, (3, 4, 4), 0.5, seed=7))
+    assert not np.array_equal(noise, probes.probe_noise(6, (3, 4, 4), 0.5, seed=8))
+    unit = probes.probe_noise(6, (3, 4, 4), 1.0, seed=7)
+    np.testing.assert_allclose(noise, 0.5 * unit, rtol=1e-6)
+    odd = probes.probe_noise(5, (3, 4, 4), 1.0, seed=7)  # one unpaired draw, last
+    np.testing.assert_array_equal(odd[2:4], -odd[:2])
+    with pytest.raises(ValueError, match="at least 1"):
+        probes.probe_noise(0, (3, 4, 4), 1.0, seed=7)
+
+
+def _networks(work):
+    base = train_base.network(work)
+    surrogate = train_base.network(work)  # any network of the right shape stands in for h
+    with torch.no_grad():
+        for p in surrogate.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    return surrogate.eval(), base.eval()
+
+
+def test_an_untrained_head_serves_the_surrogate_network_unchanged(tiny):
+    _, work = tiny
+    surrogate, base = _networks(work)
+    noise = probes.probe_noise(4, (3, 32, 32), 0.25, seed=1)
+    model = probes.ProbeSurrogate(surrogate, base, noise, probes.ProbeHead(10, 8)).eval()
+    x = torch.as_tensor(data.to_float(data.load(work).eval.images[:6]))
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x), surrogate(x).softmax(1), atol=1e-6)
+
+
+def test_the_head_sees_the_base_on_exactly_its_fixed_noisy_copies(tiny):
+    _, work = tiny
+    surrogate, base = _networks(work)
+    noise = probes.probe_noise(4, (3, 32, 32), 0.25, seed=1)
+    head = probes.ProbeHead(10, 8)
+    torch.nn.init.normal_(head.mlp[-1].weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    model = probes.ProbeSurrogate(surrogate, base, noise, head).eval()
+    images = data.load(work).eval.images[:5]
+    x = torch.as_tensor(data.to_float(images))
+    with torch.no_grad():
+        by_hand = torch.stack([base(x + torch.as_tensor(n)) for n in noise], dim=1)  # [B,K,C]
+        expected = head(probes.features(surrogate(x).softmax(1), by_hand)).softmax(1)
+        np.testing.assert_allclose(model(x), expected, atol=1e-6)
+        feats = probes.probe_features(surrogate, base, noise, images)
+        np.testing.assert_allclose(head(feats).softmax(1), expected, atol=1e-6)
+        votes = feats[:, 30:40]  # the vote share of each class over the 4 probes
+        np.testing.assert_allclose(
+            votes, torch.nn.functional.one_hot(by_hand.argmax(2), 10).float().mean(1)
+        )
+
+
+def test_the_censored_loss_lets_all_votes_targets_go_higher_but_not_lower():
+    def loss_and_ce(target, predicted):
+        q, p = torch.tensor([target]), torch.log(torch.tensor([predicted]))
+        with_n = torch.cat([q, torch.tensor([[100.0]])], dim=1)  # N = 100 draws
+        ce = float(-(q * p.log_softmax(1)).sum())
+        return float(censored_probit_cross_entropy(p, with_n)), ce
+
+    # all 100 draws named class 0: the target only says p >= 100.5 / 101
+    loss, ce = loss_and_ce([1.0, 0.0], [0.99999, 0.00001])
+    assert loss == pytest.approx(ce)  # over-predicting costs only the cross-entropy
+    loss, ce = loss_and_ce([1.0, 0.0], [0.9, 0.1])
+    assert loss > ce + 0.5  # under-predicting costs the probit error
+    # 90 of 100: the probit error counts both ways, and not at the smoothed target itself
+    loss, ce = loss_and_ce([0.9, 0.1], [0.99999, 0.00001])
+    assert loss > ce + 1.0
+    loss, ce = loss_and_ce([0.9, 0.1], [90.5 / 101, 10.5 / 101])
+    assert loss == pytest.approx(ce, abs=1e-5)
+
+
+def test_the_stage_imports_a_surrogate_graph_trains_the_head_and_exports_it(tiny, tmp_path):
+    cfg, work = tiny
+    # a surrogate graph to import (ends in a softmax, names prefixed by its wrapper): the base
+    # network exported as a surrogate, as an untrained surrogate would be
+    source = tmp_path / "surrogate-graph.onnx"
+    onnx_export.export(
+        work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
+    )
+    cfg = load_config(SMOKE, TINY_DATA + PROBES + [f"train_surrogate.from_onnx={source}"])
+    ckpt = train_surrogate.run(cfg, work)
+    images = data.load(work).eval.images
+    x = data.to_float(images)
+    with torch.no_grad():
+        imported = models.from_checkpoint(ckpt)(torch.as_tensor(x)).softmax(1).numpy()
+    np.testing.assert_allclose(imported, OnnxPredictor(make_session(source))(x), atol=1e-5)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == cfg.train_surrogate.epochs and "probe_head" in state
+    assert state["probe_head"]["noise"]["k"] == 4
+    # a rerun with the same settings keeps the head
+    before = ckpt.read_bytes()
+    train_surrogate.run(cfg, work)
+    assert ckpt.read_bytes() == before
+    path = onnx_export.run(cfg, work, "surrogate")
+    sidecar = onnx_export.load_sidecar(work, "surrogate")
+    assert sidecar["parity"]["max_abs_diff"] <= 1e-4
+    got = OnnxPredictor(make_session(path))(x)
+    with torch.no_grad():
+        expected = onnx_export.network(ckpt, "surrogate")(torch.as_tensor(data.to_float(images)))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    # the head learnt something: the served probabilities are no longer the network's
+    with torch.no_grad():
+        plain = train_base.network(work)(torch.as_tensor(data.to_float(images))).softmax(1)
+    assert np.abs(got - plain.numpy()).max() > 1e-3
+
+
+def test_fitting_the_head_lowers_its_loss_on_the_targets(tiny):
+    _, work = tiny
+    surrogate, base = _networks(work)
+    images = data.load(work).train.images
+    noise = probes.probe_noise(4, (3, 32, 32), 0.25, seed=1)
+    feats = probes.probe_features(surrogate, base, noise, images)
+    _, fit_to = train_surrogate.fit_to_targets(targets.load(work), "ce_probit_censored")
+    untrained = probes.ProbeHead(10, 16)
+    head = probes.fit_head(
+        feats, fit_to, hidden=16, epochs=20, lr=1e-2, seed=0, batch_size=16, watch=0
+    )
+    with torch.no_grad():
+        before = float(censored_probit_cross_entropy(untrained(feats), fit_to))
+        after = float(censored_probit_cross_entropy(head(feats), fit_to))
+    assert after < 0.8 * before
+    again = probes.fit_head(
+        feats, fit_to, hidden=16, epochs=20, lr=1e-2, seed=0, batch_size=16, watch=0
+    )
+    for a, b in zip(head.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)  # deterministic for a seed
