@@ -35,6 +35,7 @@ import logging
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from exporter import models
 from exporter.losses import censored_probit_cross_entropy
@@ -115,7 +116,8 @@ def probe_features(surrogate, base, noise: np.ndarray, images_uint8: np.ndarray)
     on = next(base.parameters()).device
     delta = torch.as_tensor(noise).to(on)
     out = []
-    for i in range(0, len(images_uint8), FEATURE_BATCH):
+    starts = range(0, len(images_uint8), FEATURE_BATCH)
+    for i in tqdm(starts, desc="probe features", mininterval=10, leave=False):
         x = torch.as_tensor(images_uint8[i : i + FEATURE_BATCH]).to(on).float() / 255.0
         noisy = (x.unsqueeze(1) + delta.unsqueeze(0)).reshape(-1, *x.shape[1:])
         probe_logits = base(noisy).reshape(len(x), len(delta), -1)
