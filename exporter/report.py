@@ -268,16 +268,49 @@ def save_report(bundle: Path, report: dict) -> Path:
     return path
 
 
+def calibration_choice(bundle: Path) -> int:
+    """How many rules the calibrate stage chose among on the very images it fitted the shifts on
+    (its config's bin counts, chosen by 2-fold cross-fitting when `selection_fraction` is 0);
+    1 when the rule was fixed in advance or chosen on a separate selection part."""
+    config = json.loads((bundle / "manifest.json").read_text()).get("exporter") or {}
+    calibrate = config.get("config", {}).get("calibrate", {})
+    candidates = len(calibrate.get("bins", [1]))
+    return candidates if candidates > 1 and not calibrate.get("selection_fraction") else 1
+
+
 def render(bundle: Path) -> Path:
     """report.md of a bundle, from its report.json and (when there is one) ablation.json."""
     report = load_report(bundle)
     ablation = bundle / "ablation.json"
     out = bundle / "report.md"
-    write_markdown(out, report, json.loads(ablation.read_text()) if ablation.exists() else None)
+    write_markdown(
+        out,
+        report,
+        json.loads(ablation.read_text()) if ablation.exists() else None,
+        chosen_among=calibration_choice(bundle),
+    )
     return out
 
 
-def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
+def guarantee(calibration, chosen_among: int) -> str:
+    """The report's sentence on what the served rule's over-claim rate is guaranteed to be."""
+    binned = calibration is not None and isinstance(calibration.rule, ShiftRule)
+    text = (
+        "Guarantee (finite-sample, split-conformal): for a new image exchangeable with the "
+        "calibration images, P(served certificate over-claims the Monte-Carlo one) <= epsilon"
+        + (" in every bin, and so overall, for bins fixed in advance" if binned else "")
+    )
+    if chosen_among > 1:
+        what = "the number of bins" if binned else "one shift"
+        text += (
+            f"; {what} was chosen among {chosen_among} candidate bin counts by 2-fold "
+            "cross-fitting on these same calibration images, which makes the guarantee "
+            "approximate"
+        )
+    return text + "."
+
+
+def write_markdown(path: Path, r: dict, ablation: dict | None = None, chosen_among: int = 1):
     """report.md from report.json's dict (and ablation.json's, when there is one): the one
     place the report's tables are rendered."""
     radii = list(r["certified_accuracy"]["monte_carlo"].keys())
@@ -290,17 +323,8 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None) -> None:
         f"{r['images']} test images (every {r['eval_every']}th), sigma = {r['sigma']}, "
         f"CERTIFY with n0 = {r['protocol']['n0']}, n = {r['protocol']['n']:,}, "
         f"alpha = {r['protocol']['alpha']}.",
-        f"Calibration: {describe_calibration(calibration)}. Guarantee (finite-sample, "
-        "split-conformal): for a new image exchangeable with the calibration images, "
-        "P(served certificate over-claims the Monte-Carlo one) <= epsilon"
-        + (
-            " in every bin, and so overall, for bins fixed in advance; the number of bins was "
-            "chosen by 2-fold cross-fitting on these same calibration images, which makes the "
-            "guarantee approximate."
-            if calibration is not None and isinstance(calibration.rule, ShiftRule)
-            else "."
-        )
-        + " Checked below by the over-estimation rates on evaluation and hold-out images.",
+        f"Calibration: {describe_calibration(calibration)}. {guarantee(calibration, chosen_among)}"
+        " Checked below by the over-estimation rates on evaluation and hold-out images.",
         f"Largest radius certifiable at this n: {r['max_certifiable_radius']:.3f} = sigma * "
         f"Phi^-1(alpha^(1/n)); the paper's n = 100,000 allows {r['max_radius_at_100k']:.3f}.",
         "",

@@ -27,3 +27,27 @@ def test_reference_row_prints_cohen_figures_only_where_they_exist():
     assert row == f"| {REFERENCE_NAME} | 47.2% | 14.0% | - |"
     assert _reference_row(0.25, ["0.0"]) == []  # no reference printed for this sigma
     assert set(REFERENCE) == {0.5, 1.0}
+
+
+def test_the_guarantee_is_called_approximate_exactly_when_the_rule_was_chosen_on_its_own_images(
+    tmp_path,
+):
+    from accsmooth.bundle import Calibration
+    from exporter.report import calibration_choice, guarantee
+
+    one = Calibration.model_validate(
+        {"epsilon": 0.01, "shift": 0.5, "set_size": 2000, "method": "split-conformal"}
+    )
+    assert guarantee(one, 1).endswith("over-claims the Monte-Carlo one) <= epsilon.")
+    assert "approximate" in guarantee(one, 4) and "one shift was chosen among 4" in guarantee(
+        one, 4
+    )
+    for calibrate, expected in (
+        ({"bins": [1, 2, 3, 4], "selection_fraction": 0.0}, 4),  # cross-fitted on the fit images
+        ({"bins": [1, 2], "selection_fraction": 0.3}, 1),  # chosen on a separate selection part
+        ({"bins": [1], "selection_fraction": 0.0}, 1),  # fixed in advance
+    ):
+        manifest = {"exporter": {"config": {"calibrate": calibrate}}}
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        assert calibration_choice(tmp_path) == expected
+    assert calibration_choice(BUNDLES[0]) == 4  # the default bundle: bins 1-4, cross-fitted
