@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from accsmooth.bundle import sha256_of
 from exporter import data as data_stage
 from exporter import models, probes, targets, torch_work, train_base
 from exporter.config import Config
@@ -94,14 +95,19 @@ def import_onnx(cfg: Config, work: Path) -> Path:
     """surrogate.pt from a trained surrogate graph (`train_surrogate.from_onnx`), its network
     finished (epoch = epochs), BatchNorms folded as `train_base.import_onnx` says."""
     c, base = cfg.train_surrogate, train_base.load(work)
+    ckpt, source_sha = work / CHECKPOINT, sha256_of(Path(c.from_onnx))
+    if ckpt.exists():  # imported before from the same bytes: keep it (and a head trained on it)
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("imported_sha256") == source_sha:
+            return ckpt
     widths = list(c.widths) or list(base["widths"])
     model, mean, std, num_classes = train_base.network_from_onnx(
         Path(c.from_onnx), base["arch"], widths
     )
-    ckpt = work / CHECKPOINT
     extra = {key: base[key] for key in ("arch", "sigma")}
     extra |= {"num_classes": num_classes, "mean": mean, "std": std, "widths": widths}
     extra |= {"loss": c.loss, "config": cfg.to_dict(), "imported_from": c.from_onnx}
+    extra |= {"imported_sha256": source_sha}
     torch.save({"model": model.state_dict(), "epoch": c.epochs, **extra}, ckpt)
     log.info("train-surrogate: imported %s instead of training the network", c.from_onnx)
     return ckpt

@@ -131,10 +131,10 @@ def test_the_stage_imports_a_surrogate_graph_trains_the_head_and_exports_it(tiny
     state = torch.load(ckpt, weights_only=False)
     assert state["epoch"] == cfg.train_surrogate.epochs and "probe_head" in state
     assert state["probe_head"]["noise"]["k"] == 4
-    # a rerun with the same settings keeps the head
-    before = ckpt.read_bytes()
+    # a rerun with the same source and settings keeps the checkpoint, head and all
+    before = ckpt.read_bytes(), ckpt.stat().st_mtime_ns
     train_surrogate.run(cfg, work)
-    assert ckpt.read_bytes() == before
+    assert (ckpt.read_bytes(), ckpt.stat().st_mtime_ns) == before
     path = onnx_export.run(cfg, work, "surrogate")
     sidecar = onnx_export.load_sidecar(work, "surrogate")
     assert sidecar["parity"]["max_abs_diff"] <= 1e-4
