@@ -71,6 +71,12 @@ def features(surrogate_probs: torch.Tensor, probe_logits: torch.Tensor) -> torch
     )
 
 
+def probe_logits(base: nn.Module, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """[B, K, C]: the base's logits on x + delta_k for each of the K probes `noise` [K,C,H,W]."""
+    noisy = (x.unsqueeze(1) + noise.unsqueeze(0)).reshape(-1, *x.shape[1:])
+    return base(noisy).reshape(x.shape[0], noise.shape[0], -1)
+
+
 class ProbeHead(nn.Module):
     """logits = log h(x) + MLP(features); the input is `features(...)` [B, 5C]."""
 
@@ -101,11 +107,8 @@ class ProbeSurrogate(nn.Module):
         self.register_buffer("noise", torch.as_tensor(noise))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.noise.shape[0]
-        noisy = (x.unsqueeze(1) + self.noise.unsqueeze(0)).reshape(-1, *x.shape[1:])
-        probe_logits = self.base(noisy).reshape(x.shape[0], k, -1)
         probs = self.surrogate(x).softmax(1)
-        return self.head(features(probs, probe_logits)).softmax(1)
+        return self.head(features(probs, probe_logits(self.base, x, self.noise))).softmax(1)
 
 
 @torch.no_grad()
@@ -119,9 +122,7 @@ def probe_features(surrogate, base, noise: np.ndarray, images_uint8: np.ndarray)
     starts = range(0, len(images_uint8), FEATURE_BATCH)
     for i in tqdm(starts, desc="probe features", mininterval=10, leave=False):
         x = torch.as_tensor(images_uint8[i : i + FEATURE_BATCH]).to(on).float() / 255.0
-        noisy = (x.unsqueeze(1) + delta.unsqueeze(0)).reshape(-1, *x.shape[1:])
-        probe_logits = base(noisy).reshape(len(x), len(delta), -1)
-        out.append(features(surrogate(x).softmax(1), probe_logits).cpu())
+        out.append(features(surrogate(x).softmax(1), probe_logits(base, x, delta)).cpu())
     return torch.cat(out)
 
 
