@@ -1,5 +1,7 @@
 """Command line: `python -m exporter run --config exporter/configs/smoke.toml --out models/x`.
 
+`python -m exporter reuse-monte-carlo --config C --from models/b` takes bundle b's Monte-Carlo
+evidence as finished chunks instead of sampling it again (exporter/reuse.py).
 Stages, in order: data, train-base, export-base (base.onnx), targets, train-surrogate,
 export-surrogate (surrogate.onnx), calibrate, bundle (the bundle folder), evaluate, hybrid.
 Options: `--stage NAME` (repeatable) runs only those stages; `--data-dir DIR` points at an
@@ -79,7 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         help="torch device for training and Monte-Carlo: cpu, cuda, cuda:N or auto (a GPU "
         "where torch sees one, else cpu)",
     )
+    r = sub.add_parser(
+        "reuse-monte-carlo",
+        help="take a committed bundle's Monte-Carlo evidence as the calibrate and evaluate "
+        "stages' finished chunks (same base graph, protocol, images and seeds; exporter/reuse.py)",
+    )
+    r.add_argument("--config", required=True, help="TOML preset of the bundle being made")
+    r.add_argument("--from", dest="source", required=True, type=Path, help="bundle folder")
+    r.add_argument("--work", type=Path, help="work folder (default work/<bundle name>)")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
+    if args.command == "reuse-monte-carlo":
+        return reuse_monte_carlo(args)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
     logging.basicConfig(
@@ -97,6 +110,22 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         with make_executor(args, device) as executor, using(executor), using_device(device):
             run(cfg, work, args.out, args.stage)
+    except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        logging.getLogger("exporter").error("%s", exc)
+        return 2
+    return 0
+
+
+def reuse_monte_carlo(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from exporter.data import DatasetError
+    from exporter.reuse import reuse
+
+    try:
+        cfg = load_config(args.config, args.set)
+        reuse(cfg, args.work or Path("work") / cfg.bundle.name, args.source)
     except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as exc:
         logging.getLogger("exporter").error("%s", exc)
         return 2

@@ -74,6 +74,29 @@ def samplers(out_dir: Path) -> dict[str, int]:
     return found
 
 
+def folder_stamp(base_onnx: Path, bundle: BundleConfig, seed: int) -> dict:
+    """What a chunk folder's results depend on: the protocol, the seed and the base graph."""
+    return {
+        "n0": bundle.n0,
+        "n": bundle.n,
+        "alpha": bundle.alpha,
+        "sigma": bundle.sigma,
+        "seed": seed,
+        "base_sha256": sha256_of(Path(base_onnx)),  # the same model, not only the same protocol
+    }
+
+
+def chunk_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"chunk_{index:05d}.npz"
+
+
+def write_chunk(path: Path, arrays: dict, digest: str, sampler: str) -> None:
+    """One finished chunk (counts0, counts, seconds of its images), written atomically."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays, images_sha256=digest, sampler=sampler)
+    tmp.replace(path)
+
+
 def certify_all(
     base_onnx: Path,
     images_uint8: np.ndarray,
@@ -84,16 +107,7 @@ def certify_all(
     out_dir: Path,
     desc: str,
 ) -> MonteCarloSet:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    protocol = {
-        "n0": bundle.n0,
-        "n": bundle.n,
-        "alpha": bundle.alpha,
-        "sigma": bundle.sigma,
-        "seed": seed,
-        "base_sha256": sha256_of(Path(base_onnx)),  # the same model, not only the same protocol
-    }
-    executor.claim_folder(out_dir, protocol)
+    executor.claim_folder(out_dir, folder_stamp(base_onnx, bundle, seed))
     starts = range(0, len(images_uint8), CHUNK)
     shared = dict(seed=seed, sigma=bundle.sigma, n0=bundle.n0, n=bundle.n, alpha=bundle.alpha)
     shared["batch_size"] = batch_size
@@ -101,22 +115,15 @@ def certify_all(
     todo = [
         (index, {"images_uint8": images_uint8[start : start + CHUNK], "first": start} | shared)
         for index, start in enumerate(starts)
-        if not finished(out_dir / f"chunk_{index:05d}.npz", digests[index])
+        if not finished(chunk_path(out_dir, index), digests[index])
     ]
     with executor.active() as ex:
         if todo:
             log.info("%s: %d of %d chunks on %s", desc, len(todo), len(starts), ex.describe())
         results = ex.map(chunk_work.certify_chunk, Path(base_onnx), todo)
         for index, arrays in tqdm(results, total=len(todo), desc=desc, mininterval=30):
-            path = out_dir / f"chunk_{index:05d}.npz"
-            np.savez(
-                path.with_suffix(".tmp.npz"),
-                **arrays,
-                images_sha256=digests[index],
-                sampler=ex.sampler,
-            )
-            path.with_suffix(".tmp.npz").replace(path)
-    parts = [np.load(out_dir / f"chunk_{i:05d}.npz") for i in range(len(starts))]
+            write_chunk(chunk_path(out_dir, index), arrays, digests[index], ex.sampler)
+    parts = [np.load(chunk_path(out_dir, i)) for i in range(len(starts))]
     counts0 = np.concatenate([p["counts0"] for p in parts])
     counts = np.concatenate([p["counts"] for p in parts])
     certs = [
