@@ -39,6 +39,7 @@ def test_a_bundle_from_reused_evidence_has_the_source_counts_and_says_where_they
         np.testing.assert_array_equal(made[name].counts0, e.counts0)
     report = (tmp_path / "bundle" / "report.md").read_text()
     assert "via smoke" in report  # the chunks' sampler names the source bundle
+    assert "mean that smoke 1.0.0 recorded: its counts are reused" in report
 
 
 def test_reuse_is_refused_for_another_seed_base_graph_or_a_folder_with_chunks(smoke_run, tmp_path):
