@@ -131,6 +131,14 @@ class ExportConfig:
     opset: int = 18  # ONNX opset of the TorchScript exporter (torch.onnx.export, dynamo=False)
     parity_images: int = 64  # real images compared between torch and onnxruntime
     parity_tolerance: float = 1e-4  # max abs difference allowed; export fails above it
+    # int8 surrogate: after the float graph passes parity, its convolutions are quantized
+    # (static, per channel, 7-bit weights so that CPUs without VNNI compute the same) with
+    # activation ranges from the first `int8_images` training images; the stage fails when the
+    # int8 graph names another class than the float one on more than `int8_max_disagreement`
+    # of the parity images. The base graph, which Monte-Carlo samples, stays float.
+    int8_surrogate: bool = False
+    int8_images: int = 256
+    int8_max_disagreement: float = 0.02
 
 
 @dataclass(frozen=True)

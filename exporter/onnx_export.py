@@ -27,6 +27,12 @@ or stale: the sidecar names another checkpoint, or there is no sidecar and the g
 than its checkpoint. Any other graph there is checked and kept byte for byte (the sidecar is
 written only once it passes): this adopts the graphs the training stages wrote before these
 stages existed, whose bytes the Monte-Carlo folders of those work folders are stamped with.
+With `export.int8_surrogate`, the surrogate graph that passed parity is then quantized to int8
+(`quantize`: its convolutions, 7-bit weights per channel, activation ranges from training
+images) and checked against the float graph (`quantization_check`: top-class disagreement on the
+parity images at most `int8_max_disagreement`); the sidecar's `int8` records that check, and a
+graph of the other precision than the config asks for is converted again. Calibration and
+evaluation then run on the int8 graph, so its guarantee is the graph's that is served.
 A failed check raises ParityError: a conversion then leaves no graph; a graph that was found
 there is left as it was, without a sidecar, so that no stage reads it.
 """
@@ -147,6 +153,64 @@ def export(checkpoint: Path, kind: str, out: Path, cfg: ExportConfig, images: np
     return diff
 
 
+def quantize(graph: Path, out: Path, cfg: ExportConfig, train_images: np.ndarray) -> None:
+    """`graph`'s int8 copy at `out`: convolutions quantized statically (QDQ, weights per channel
+    in 7 bits, activations uint8 with MinMax ranges over the first `int8_images` training
+    images, one at a time as the server runs them). Deterministic for the same inputs."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    x = data_stage.to_float(train_images[: cfg.int8_images])
+
+    class Images(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(range(len(x)))
+
+        def get_next(self):
+            i = next(self.rows, None)
+            return None if i is None else {INPUT_NAME: x[i : i + 1]}
+
+    quantize_static(
+        str(graph),
+        str(out),
+        Images(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        reduce_range=True,  # 7-bit weights: no int16 saturation on CPUs without VNNI
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def quantization_check(
+    graph: Path, int8: Path, cfg: ExportConfig, images: np.ndarray, calibration_images: int
+) -> dict:
+    """How far the int8 graph is from the float one on the parity images: max |diff| of the
+    probabilities and the share of images where the top class differs; ParityError above
+    `int8_max_disagreement`."""
+    x = images[: cfg.parity_images].astype(np.float32) / np.float32(255.0)
+    options = RuntimeOptions(providers=("CPUExecutionProvider",))
+    want = OnnxPredictor(make_session(graph, options))(x)
+    got = OnnxPredictor(make_session(int8, options))(x)
+    disagreement = float(np.mean(want.argmax(1) != got.argmax(1)))
+    if disagreement > cfg.int8_max_disagreement:
+        raise ParityError(
+            f"{int8.name}: the int8 graph names another class than the float one on "
+            f"{disagreement:.1%} of {len(x)} images (> {cfg.int8_max_disagreement:.1%})"
+        )
+    return {
+        "calibration_images": calibration_images,
+        "max_abs_diff": float(np.abs(want - got).max()),
+        "top1_disagreement": disagreement,
+        "images": len(x),
+    }
+
+
 def _read_sidecar(path: Path) -> dict | None:
     try:
         meta = json.loads(path.read_text())
@@ -208,11 +272,15 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
     stage = STAGES[kind]
     if not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: missing; run the {TRAINED_BY[kind]} stage first")
-    if path.exists() and _not_current(checkpoint, path, sidecar, kind) is None:
+    int8 = kind == "surrogate" and cfg.export.int8_surrogate
+    meta = _read_sidecar(sidecar)
+    same_precision = meta is not None and ("int8" in meta) == int8
+    if path.exists() and same_precision and _not_current(checkpoint, path, sidecar, kind) is None:
         log.info("%s: %s is current with %s, nothing to convert", stage, path.name, checkpoint.name)
         return path
-    meta = _read_sidecar(sidecar)
-    convert = _stale(checkpoint, path, meta)
+    # another precision than the config asks for converts again, as a stale graph does
+    # (and an int8 graph is always made afresh: a found one is never adopted)
+    convert = _stale(checkpoint, path, meta) or int8 or (meta is not None and not same_precision)
     sidecar.unlink(missing_ok=True)  # written again once the graph there has passed the check
     images = data_stage.load(work).calib.images
     checkpoint_sha = sha256_of(checkpoint)  # of the bytes the network is read from next
@@ -227,6 +295,16 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
             else:
                 _to_onnx(net, kind, tmp, cfg.export, images.shape[1:])
             diff, n = parity(net, tmp, kind, cfg.export, images)
+            if int8:
+                quantized = path.with_suffix(".int8.tmp.onnx")
+                try:
+                    train = data_stage.load(work).train.images
+                    quantize(tmp, quantized, cfg.export, train)
+                    used = min(cfg.export.int8_images, len(train))
+                    int8_check = quantization_check(tmp, quantized, cfg.export, images, used)
+                    quantized.replace(tmp)
+                finally:
+                    quantized.unlink(missing_ok=True)
             tmp.replace(path)
         except ParityError:
             path.unlink(missing_ok=True)  # a stale graph is not left in place of a failed one
@@ -259,6 +337,8 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
     }
     if origin == "imported":
         meta["imported_from"] = str(source)
+    if int8 and convert:
+        meta["int8"] = int8_check  # parity above is the float graph's, before quantization
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     log.info(
         "%s: %s %s from %s, parity max |diff| %.2e on %d real images",

@@ -260,3 +260,48 @@ def test_a_finished_training_stage_rerun_trains_and_converts_nothing(smoke_run, 
     assert not (tmp_path / "base.onnx").exists()
     with pytest.raises(FileNotFoundError, match="base.onnx: missing; run the export-base stage"):
         onnx_export.graph(tmp_path, "base")
+
+
+def _op_types(path):
+    import onnx
+
+    return {node.op_type for node in onnx.load(path).graph.node}
+
+
+def test_an_int8_surrogate_is_quantized_checked_and_converted_again_on_a_precision_change(
+    smoke_run, tmp_path
+):
+    cfg, work, _ = smoke_run
+    for name in ("data.npz", "surrogate.pt"):
+        shutil.copy2(work / name, tmp_path / name)
+    int8 = _with(cfg, "export", int8_surrogate=True, int8_images=32)
+    graph = onnx_export.run(int8, tmp_path, "surrogate")
+    meta = onnx_export.load_sidecar(tmp_path, "surrogate")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _op_types(graph)
+    assert meta["int8"]["calibration_images"] == 32
+    assert meta["int8"]["top1_disagreement"] <= int8.export.int8_max_disagreement
+    assert meta["parity"]["max_abs_diff"] <= 1e-4  # the float graph's, before quantization
+    images = data.to_float(data.load(tmp_path).eval.images[:50])
+    float_probs = OnnxPredictor(make_session(work / "surrogate.onnx"))(images)
+    int8_probs = OnnxPredictor(make_session(graph))(images)
+    assert np.allclose(int8_probs.sum(1), 1.0, atol=1e-5)
+    assert 0 < np.abs(int8_probs - float_probs).max() < 0.2  # another graph, close to the float one
+    assert np.mean(int8_probs.argmax(1) == float_probs.argmax(1)) >= 0.9
+
+    again = sha256_of(graph)
+    onnx_export.run(int8, tmp_path, "surrogate")  # current: nothing to convert
+    assert sha256_of(graph) == again
+    onnx_export.run(cfg, tmp_path, "surrogate")  # the config asks for float again
+    assert "int8" not in onnx_export.load_sidecar(tmp_path, "surrogate")
+    assert sha256_of(graph) == sha256_of(work / "surrogate.onnx")
+
+
+def test_an_int8_surrogate_that_names_other_classes_fails_and_leaves_no_graph(smoke_run, tmp_path):
+    cfg, work, _ = smoke_run
+    for name in ("data.npz", "surrogate.pt"):
+        shutil.copy2(work / name, tmp_path / name)
+    # no disagreement, not even none, passes a negative bound
+    strict = _with(cfg, "export", int8_surrogate=True, int8_images=8, int8_max_disagreement=-1.0)
+    with pytest.raises(ParityError, match="int8 graph names another class"):
+        onnx_export.run(strict, tmp_path, "surrogate")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "surrogate.pt"]
