@@ -99,7 +99,7 @@ def reuse(cfg: Config, work: Path, source: Path) -> dict[str, int]:
         stamp = folder_stamp(base, cfg.bundle, seeds(cfg)[name])
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"{out_dir}: already holds chunks; delete it to reuse {source}")
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "protocol.json").write_text(json.dumps(stamp))
         drawn_by = report.get("monte_carlo_samplers", {}).get(name, {"numpy": 0})
         sampler = f"{'+'.join(drawn_by)} {origin}"
