@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter import data as data_stage
-from exporter import onnx_export
+from exporter import executor, onnx_export
 from exporter.certify_images import (
     CHUNK,
     chunk_path,
@@ -90,17 +90,16 @@ def reuse(cfg: Config, work: Path, source: Path) -> dict[str, int]:
     ds = data_stage.load(work)
     splits = {"calibration": ds.calib, "evaluation": ds.eval, "holdout": ds.holdout}
     origin = f"via {manifest['name']} {manifest['version']}"
-    written = {}
-    for name, evidence in sets.items():
-        split = splits[name]
-        if not np.array_equal(split.labels, evidence.labels):
+    for name, evidence in sets.items():  # every check before any chunk is written
+        if not np.array_equal(splits[name].labels, evidence.labels):
             raise ValueError(f"{source}: its {name} images are not this config's (labels differ)")
         out_dir = work / MONTE_CARLO[name]
-        stamp = folder_stamp(base, cfg.bundle, seeds(cfg)[name])
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"{out_dir}: already holds chunks; delete it to reuse {source}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "protocol.json").write_text(json.dumps(stamp))
+    written = {}
+    for name, evidence in sets.items():
+        split, out_dir = splits[name], work / MONTE_CARLO[name]
+        executor.claim_folder(out_dir, folder_stamp(base, cfg.bundle, seeds(cfg)[name]))
         drawn_by = report.get("monte_carlo_samplers", {}).get(name, {"numpy": 0})
         sampler = f"{'+'.join(drawn_by)} {origin}"
         per_image = report.get("monte_carlo_seconds", {}).get(name, float("nan")) / len(evidence)

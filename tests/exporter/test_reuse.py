@@ -69,3 +69,17 @@ def test_mismatches_name_what_the_monte_carlo_depends_on_and_nothing_else():
     moved["data"]["eval_every"] += 1
     moved["calibrate"]["seed"] += 1
     assert mismatches(cfg, moved) == ["bundle.sigma", "data.eval_every", "calibrate.seed"]
+
+
+def test_other_images_are_refused_before_any_chunk_is_written(smoke_run, tmp_path):
+    cfg, work, out = smoke_run
+    copy = _fresh_work(work, tmp_path)
+    arrays = dict(np.load(copy / "data.npz"))
+    arrays["holdout_y"] = np.roll(arrays["holdout_y"], 1)  # the last set checked: other images
+    assert not np.array_equal(
+        arrays["holdout_y"], load_evidence(out / "evidence.npz")["holdout"].labels
+    )
+    np.savez(copy / "data.npz", **arrays)
+    with pytest.raises(ValueError, match="holdout images are not this config's"):
+        reuse(cfg, copy, out)
+    assert not any((copy / folder).exists() for folder in MONTE_CARLO.values())
