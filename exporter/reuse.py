@@ -77,7 +77,10 @@ def reuse(cfg: Config, work: Path, source: Path) -> dict[str, int]:
     """Write the source bundle's evidence as finished Monte-Carlo chunks in `work`; returns
     {image set: images}. The data and export-base stages must have run in `work`."""
     manifest = json.loads((source / "manifest.json").read_text())
-    bad = mismatches(cfg, manifest["exporter"]["config"])
+    made_with = (manifest.get("exporter") or {}).get("config")
+    if not made_with or not (source / EVIDENCE).exists():
+        raise ValueError(f"{source}: no exporter config in its manifest or no {EVIDENCE}")
+    bad = mismatches(cfg, made_with)
     if bad:
         raise ValueError(f"{source}: its Monte-Carlo was run with another {', '.join(bad)}")
     base = onnx_export.graph(work, "base")
