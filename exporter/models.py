@@ -88,7 +88,11 @@ def build(arch: str, widths, num_classes: int, mean, std) -> nn.Sequential:
 
 def from_checkpoint(path: Path) -> nn.Sequential:
     """The network a training stage saved at `path` (base.pt or surrogate.pt), in eval mode."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    return from_state(torch.load(path, map_location="cpu", weights_only=False))
+
+
+def from_state(state: dict) -> nn.Sequential:
+    """The network of a checkpoint already read (`torch.load` of base.pt or surrogate.pt)."""
     net = build(state["arch"], state["widths"], state["num_classes"], state["mean"], state["std"])
     net.load_state_dict(state["model"])
     return net.eval()

@@ -82,9 +82,9 @@ def _paths(work: Path, kind: str) -> tuple[Path, Path, Path]:
 def network(checkpoint: Path, kind: str) -> torch.nn.Module:
     """The torch network a `kind` graph must compute: the checkpoint's, with a softmax for the
     surrogate, or the probe surrogate around it when the checkpoint holds a probe head."""
-    net = models.from_checkpoint(checkpoint)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    net = models.from_state(state)
     if kind == "surrogate":
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if "probe_head" in state:
             return probes.from_checkpoint(net, state["probe_head"])
         net = torch.nn.Sequential(net, torch.nn.Softmax(dim=1)).eval()
@@ -113,7 +113,7 @@ def parity(
     """(max |onnxruntime - torch|, images compared) on the first `parity_images` of `images`;
     ParityError above the tolerance, or when onnxruntime cannot run `graph` as a `kind` graph
     (input `images`, output named for its kind, one row per image)."""
-    x = images[: cfg.parity_images].astype(np.float32) / np.float32(255.0)
+    x = data_stage.to_float(images[: cfg.parity_images])
     with torch.no_grad():
         expected = net(torch.as_tensor(x)).numpy()
     try:
@@ -193,7 +193,7 @@ def quantization_check(
     """How far the int8 graph is from the float one on the parity images: max |diff| of the
     probabilities and the share of images where the top class differs; ParityError above
     `int8_max_disagreement`."""
-    x = images[: cfg.parity_images].astype(np.float32) / np.float32(255.0)
+    x = data_stage.to_float(images[: cfg.parity_images])
     options = RuntimeOptions(providers=("CPUExecutionProvider",))
     want = OnnxPredictor(make_session(graph, options))(x)
     got = OnnxPredictor(make_session(int8, options))(x)
@@ -278,11 +278,12 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
     if path.exists() and same_precision and _not_current(checkpoint, path, sidecar, kind) is None:
         log.info("%s: %s is current with %s, nothing to convert", stage, path.name, checkpoint.name)
         return path
-    # another precision than the config asks for converts again, as a stale graph does
-    # (and an int8 graph is always made afresh: a found one is never adopted)
-    convert = _stale(checkpoint, path, meta) or int8 or (meta is not None and not same_precision)
+    # an int8 graph is always made afresh (a found one is never adopted), and so is a float
+    # graph where the sidecar says an int8 one stands, as a stale graph is
+    convert = int8 or _stale(checkpoint, path, meta) or (meta is not None and "int8" in meta)
     sidecar.unlink(missing_ok=True)  # written again once the graph there has passed the check
-    images = data_stage.load(work).calib.images
+    ds = data_stage.load(work)
+    images = ds.calib.images
     checkpoint_sha = sha256_of(checkpoint)  # of the bytes the network is read from next
     net = network(checkpoint, kind)
     source = cfg.train_base.from_onnx if kind == "base" else ""
@@ -298,9 +299,8 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
             if int8:
                 quantized = path.with_suffix(".int8.tmp.onnx")
                 try:
-                    train = data_stage.load(work).train.images
-                    quantize(tmp, quantized, cfg.export, train)
-                    used = min(cfg.export.int8_images, len(train))
+                    quantize(tmp, quantized, cfg.export, ds.train.images)
+                    used = min(cfg.export.int8_images, len(ds.train.images))
                     int8_check = quantization_check(tmp, quantized, cfg.export, images, used)
                     quantized.replace(tmp)
                 finally:
@@ -337,7 +337,7 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
     }
     if origin == "imported":
         meta["imported_from"] = str(source)
-    if int8 and convert:
+    if int8:
         meta["int8"] = int8_check  # parity above is the float graph's, before quantization
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     log.info(

@@ -18,7 +18,8 @@ probe surrogate is h. It is still a deterministic function of x (the noise is a 
 graph, the same for every request), so calibration and its guarantee apply unchanged, and the
 server serves it as any surrogate graph (`images` -> `probabilities`). It costs K passes of the
 base at batch K besides the surrogate's: the whole K = 16 graph takes 1.46 ms at batch 1 on one
-onnxruntime thread of the 2-core VM and 0.79 ms on two (the network alone: 0.09 ms).
+onnxruntime thread of the 2-core VM and 0.79 ms on two (0.90 / 0.60 ms with its convolutions in
+int8, `export.int8_surrogate`; the network alone: 0.09 ms).
 
 `fit_head` trains the head on the training images' targets with h and f frozen, so their
 outputs on the training images are computed once (`probe_features`) and the head trains on

@@ -133,7 +133,7 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     images = targets.labelled_images(work, ds.train.images)
     base_state = train_base.load(work)
     base = train_base.network(work)
-    network = models.from_checkpoint(ckpt)
+    network = models.from_state(state)
     shape = tuple(int(v) for v in images.shape[1:])
     noise_args = {"k": c.probes, "shape": shape, "sigma": cfg.bundle.sigma, "seed": c.probe_seed}
     noise = probes.probe_noise(**noise_args)
