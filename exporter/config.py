@@ -39,6 +39,9 @@ class DataConfig:
     # calibration set this way keeps the hold-out and the first calibration images (and their
     # resumable Monte-Carlo chunks) as they were
     extra_calibration_test_images: int = 0
+    # still more hold-out images from test/, drawn after those: a larger unseen check whose
+    # first `holdout_images` (and their Monte-Carlo chunks) stay as they were
+    extra_holdout_images: int = 0
     eval_every: int = 18  # evaluation subset = every k-th test image ...
     eval_images: int = 500  # ... at most this many
     max_bad_fraction: float = 0.01  # unreadable images are skipped; fatal above this fraction

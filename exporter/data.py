@@ -137,20 +137,25 @@ def prepare(cfg: DataConfig, work: Path) -> Path:
     order = np.random.default_rng(cfg.seed).permutation(len(x))
     calib, train = order[: cfg.calibration_images], np.sort(order[cfg.calibration_images :])
     evaluation = np.arange(0, len(xt), cfg.eval_every)[: cfg.eval_images]
-    # the other test images, in a seeded order: more calibration images, then the hold-out
+    # the other test images, in a seeded order: calibration, hold-out, more calibration, more
+    # hold-out (each set grows at its end, so finished Monte-Carlo chunks stay valid)
     rest = np.setdiff1d(np.arange(len(xt)), evaluation)
     rest = np.random.default_rng([cfg.seed, 1]).permutation(rest)
     wanted = cfg.calibration_test_images + cfg.holdout_images
     extra = cfg.extra_calibration_test_images
-    if wanted + extra > len(rest):
+    more = cfg.extra_holdout_images
+    if wanted + extra + more > len(rest):
         raise DatasetError(
             f"{root}/test: {len(rest)} images outside the eval subset, cannot take "
-            f"{wanted + extra} for calibration and hold-out"
+            f"{wanted + extra + more} for calibration and hold-out"
         )
     calib_test = np.concatenate(
         [np.sort(rest[: cfg.calibration_test_images]), np.sort(rest[wanted : wanted + extra])]
     )
-    holdout = np.sort(rest[cfg.calibration_test_images : wanted])
+    taken = wanted + extra
+    holdout = np.concatenate(
+        [np.sort(rest[cfg.calibration_test_images : wanted]), np.sort(rest[taken : taken + more])]
+    )
     out = work / ARTIFACT
     work.mkdir(parents=True, exist_ok=True)
     np.savez(

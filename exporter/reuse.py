@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from exporter.certify_images import (
     images_digest,
     write_chunk,
 )
-from exporter.config import Config
+from exporter.config import Config, DataConfig
 from exporter.evaluate import EVIDENCE, MONTE_CARLO
 from exporter.fidelity import load_evidence
 
@@ -43,6 +44,7 @@ SELECTION = (
     "calibration_test_images",
     "holdout_images",
     "extra_calibration_test_images",
+    "extra_holdout_images",
     "eval_every",
     "eval_images",
     "seed",
@@ -68,7 +70,9 @@ def mismatches(cfg: Config, source: dict) -> list[str]:
         for k in ("sigma", "n0", "n", "alpha")
         if mine["bundle"][k] != source["bundle"][k]
     ]
-    bad += [f"data.{k}" for k in SELECTION if mine["data"].get(k) != source["data"].get(k)]
+    # a field newer than the source's exporter has its default there
+    default = asdict(DataConfig())
+    bad += [f"data.{k}" for k in SELECTION if mine["data"][k] != source["data"].get(k, default[k])]
     bad += [f"{s}.seed" for s in ("calibrate", "evaluate") if mine[s]["seed"] != source[s]["seed"]]
     return bad
 

@@ -133,3 +133,33 @@ def test_extra_calibration_images_grow_the_set_without_moving_the_others(cifar_r
         set(saved[k].tolist()) for k in ("calib_test_index", "holdout_index", "eval_index")
     )
     assert len(calib) == 35 and not (calib & holdout) and not (calib & evaluation)
+
+
+def test_extra_holdout_images_grow_the_holdout_at_its_end(cifar_root, tmp_path):
+    base = dict(
+        root=str(cifar_root),
+        train_per_class=5,
+        test_per_class=10,
+        calibration_images=10,
+        calibration_test_images=20,
+        holdout_images=20,
+        extra_calibration_test_images=10,
+        eval_every=4,
+        eval_images=25,
+    )
+    data.prepare(DataConfig(**base), tmp_path / "before")
+    data.prepare(DataConfig(**base, extra_holdout_images=15), tmp_path / "after")
+    before, after = data.load(tmp_path / "before"), data.load(tmp_path / "after")
+    assert len(after.holdout.labels) == 35
+    # the first hold-out images keep their order (their Monte-Carlo chunks stay valid)
+    assert np.array_equal(after.holdout.images[:20], before.holdout.images)
+    assert np.array_equal(after.calib.images, before.calib.images)
+    assert np.array_equal(after.eval.images, before.eval.images)
+    saved = np.load(tmp_path / "after" / "data.npz")
+    calib, holdout, evaluation = (
+        set(saved[k].tolist()) for k in ("calib_test_index", "holdout_index", "eval_index")
+    )
+    assert len(holdout) == 35 and not (holdout & calib) and not (holdout & evaluation)
+    # 100 test images, 25 evaluated: 75 left, of which 50 went to calibration and hold-out
+    with pytest.raises(DatasetError, match="cannot take 76"):
+        data.prepare(DataConfig(**base, extra_holdout_images=26), tmp_path / "too_many")

@@ -71,6 +71,15 @@ def test_mismatches_name_what_the_monte_carlo_depends_on_and_nothing_else():
     assert mismatches(cfg, moved) == ["bundle.sigma", "data.eval_every", "calibrate.seed"]
 
 
+def test_a_selection_field_the_source_exporter_did_not_have_counts_as_its_default():
+    cfg = load_config(SMOKE)
+    older = cfg.to_dict()
+    del older["data"]["extra_holdout_images"]  # a manifest written before the field existed
+    assert mismatches(cfg, older) == []
+    grown = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, extra_holdout_images=5))
+    assert mismatches(grown, older) == ["data.extra_holdout_images"]
+
+
 def test_other_images_are_refused_before_any_chunk_is_written(smoke_run, tmp_path):
     cfg, work, out = smoke_run
     copy = _fresh_work(work, tmp_path)
