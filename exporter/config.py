@@ -202,7 +202,9 @@ def _coerce(value, kind):
     return value
 
 
-def _section(cls, values: dict, where: str):
+def read_section(cls, values: dict, where: str):
+    """One config section (a dataclass) from a TOML table or a recorded config dict; fields it
+    lacks take their defaults, fields it does not know are an error naming them."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
@@ -228,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(sections)}")
     return Config(
         **{
-            name: _section(type(factory()), raw.get(name, {}), name)
+            name: read_section(type(factory()), raw.get(name, {}), name)
             for name, factory in sections.items()
         }
     )

@@ -1,0 +1,137 @@
+"""Score several bundles' served rules on one bundle's Monte-Carlo evidence, without sampling.
+
+    python -m exporter.compare models/cifar10-sigma0.25-probes models/cifar10-sigma0.25 [...]
+
+Bundles that share a base graph, sigma and protocol stand in for the same Monte-Carlo
+certificates, so the counts in one bundle's `evidence.npz` are every such bundle's ground truth
+on those images. The first bundle named gives the evidence; its image sets (evaluation,
+hold-out) are read again with the data config in its manifest (the data stage, into a temporary
+folder; `--data-dir` where the images live elsewhere) and checked against the evidence's labels.
+Every bundle named, the first included, then answers them with its own surrogate graph and its
+shipped calibration rule, and the report's tables follow at the first bundle's radii
+(`exporter.fidelity.tables`, the code of the evaluate stage): certified accuracy of Monte-Carlo,
+raw and served rules, over-estimation and top-1 agreement. A bundle with another base graph,
+sigma or protocol is refused: the counts are not its certificates.
+
+This is how bundles calibrated apart are compared on the same unseen images, such as the
+2,000-image hold-out of `cifar10-sigma0.25-probes` for the default bundle (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from accsmooth.bundle import EVIDENCE, Manifest, read_manifest, sha256_of
+from exporter import data as data_stage
+from exporter.calibrate import surrogate_probabilities
+from exporter.config import DataConfig, read_section
+from exporter.fidelity import Evidence, Protocol, load_evidence, tables
+from exporter.report import load_report
+
+SETS = ("evaluation", "holdout")  # the calibration images are each bundle's own fitting data
+
+
+def _same_ground_truth(source: Path, other: Path) -> list[str]:
+    """What differs between two bundles among what their Monte-Carlo certificates depend on."""
+    base = {b: sha256_of(b / read_manifest(b).graphs.base.file) for b in (source, other)}
+    source, other = read_manifest(source), read_manifest(other)
+    bad = [
+        f"protocol.{k}"
+        for k in ("n0", "n", "alpha")
+        if getattr(source.protocol, k) != getattr(other.protocol, k)
+    ]
+    bad += ["sigma"] if source.sigma != other.sigma else []
+    bad += ["base graph"] if len(set(base.values())) > 1 else []
+    return bad
+
+
+def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
+    """{set name: Split} of the bundle's evaluation and hold-out images, read again with the data
+    config its exporter recorded."""
+    made_with = ((manifest.exporter or {}).get("config") or {}).get("data")
+    if not made_with:
+        raise ValueError(f"{bundle}: its manifest records no exporter data config")
+    if data_dir is not None:
+        made_with = {**made_with, "root": str(data_dir)}
+    cfg = read_section(DataConfig, made_with, f"{bundle}: data")
+    with tempfile.TemporaryDirectory() as tmp:
+        data_stage.prepare(cfg, Path(tmp))
+        ds = data_stage.load(Path(tmp))
+    return {"evaluation": ds.eval, "holdout": ds.holdout}
+
+
+def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict[str, dict]]:
+    """{bundle name: {set name: tables}} on the first bundle's evidence."""
+    source_dir, *_ = bundles
+    source = read_manifest(source_dir)
+    manifests = {b: read_manifest(b) for b in bundles}
+    for b in bundles:
+        bad = _same_ground_truth(source_dir, b)
+        if bad:
+            raise ValueError(f"{b}: another {', '.join(bad)} than {source_dir}")
+    evidence = load_evidence(source_dir / EVIDENCE)
+    splits = image_sets(source_dir, source, data_dir)
+    protocol = Protocol(source.protocol.n, source.protocol.alpha, source.sigma)
+    radii = [float(r) for r in load_report(source_dir)["certified_accuracy"]["monte_carlo"]]
+    out: dict[str, dict[str, dict]] = {}
+    for b, m in manifests.items():
+        out[m.name] = {}
+        for name in SETS:
+            e, split = evidence.get(name), splits[name]
+            if e is None or not len(e.labels):
+                continue
+            if not np.array_equal(split.labels, e.labels):
+                raise ValueError(f"{source_dir}: its {name} images read again have other labels")
+            probs = surrogate_probabilities(b / m.graphs.surrogate.file, split.images)
+            t = tables(Evidence(e.labels, e.counts0, e.counts, probs), protocol, m.shift, radii)
+            out[m.name][name] = {k: v for k, v in t.items() if k != "curves"}
+    return out
+
+
+def render(results: dict[str, dict[str, dict]]) -> str:
+    lines = []
+    for bundle, sets in results.items():
+        for name, t in sets.items():
+            ca = t["certified_accuracy"]
+            radii = " / ".join(ca["monte_carlo"])
+            served = t["versus_monte_carlo"]["surrogate_calibrated"]
+            lines.append(f"{bundle}, {name} ({t['images']} images), r = {radii}:")
+            for rule in ("monte_carlo", "surrogate_raw", "surrogate_calibrated"):
+                row = " / ".join(f"{100 * v:.1f}" for v in ca[rule].values())
+                lines.append(f"  {rule:22s} {row}")
+            lines.append(
+                f"  over-estimation {100 * served['overestimation_rate']:.2f}%, "
+                f"top-1 agreement {100 * t['top1_agreement']:.1f}%"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundles", type=Path, nargs="+", help="the first gives the evidence")
+    parser.add_argument("--data-dir", type=Path, help="ImageFolder root (default: the manifest's)")
+    parser.add_argument("--json", type=Path, help="also write the tables here")
+    args = parser.parse_args(argv)
+    try:
+        results = compare(args.bundles, args.data_dir)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
