@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from accsmooth.bundle import Calibration
-from accsmooth.smoothing import ShiftRule
+from accsmooth.smoothing import ShiftRule, clopper_pearson_lower
 from exporter.scoring import certified_accuracy
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -89,15 +89,31 @@ def preset_for(bundle_name: str) -> str:
     return "<preset>"
 
 
+def rate_interval(rate: float, images: int, level: float = 0.95) -> tuple[int, float, float]:
+    """(count, low, high): the images behind a rate measured on `images` and its two-sided
+    Clopper-Pearson interval, so a reader can tell an over-claim rate above epsilon from the
+    binomial spread of a finite test set."""
+    k = int(round(rate * images))
+    tail = (1.0 - level) / 2.0
+    return (
+        k,
+        clopper_pearson_lower(k, images, tail),
+        1.0 - clopper_pearson_lower(images - k, images, tail),
+    )
+
+
 def _agreement_rows(section: dict) -> list[str]:
     rows = [
-        "| rule | over-estimation | under-estimation | mean abs radius error "
-        "| abstention agreement |",
+        "| rule | over-estimation (images; 95% interval) | under-estimation "
+        "| mean abs radius error | abstention agreement |",
         "|---|---|---|---|---|",
     ]
+    n = section["images"]
     for name, v in section["versus_monte_carlo"].items():
+        k, low, high = rate_interval(v["overestimation_rate"], n)
         rows.append(
-            f"| {NAMES[name]} | {100 * v['overestimation_rate']:.1f}% | "
+            f"| {NAMES[name]} | {100 * v['overestimation_rate']:.1f}% "
+            f"({k} of {n:,}; {100 * low:.1f}-{100 * high:.1f}%) | "
             f"{100 * v['underestimation_rate']:.1f}% | {v['mean_abs_radius_error']:.4f} | "
             f"{100 * v['abstention_agreement']:.1f}% |"
         )

@@ -4,8 +4,16 @@ import json
 
 import pytest
 import tomllib
+from scipy.stats import binomtest
 
-from exporter.report import CONFIGS, REFERENCE, REFERENCE_NAME, _reference_row, preset_for
+from exporter.report import (
+    CONFIGS,
+    REFERENCE,
+    REFERENCE_NAME,
+    _reference_row,
+    preset_for,
+    rate_interval,
+)
 
 BUNDLES = sorted(p.parent for p in (CONFIGS.parents[1] / "models").glob("cifar10-*/manifest.json"))
 
@@ -51,3 +59,11 @@ def test_the_guarantee_is_called_approximate_exactly_when_the_rule_was_chosen_on
         (tmp_path / "manifest.json").write_text(json.dumps(manifest))
         assert calibration_choice(tmp_path) == expected
     assert calibration_choice(BUNDLES[0]) == 4  # the default bundle: bins 1-4, cross-fitted
+
+
+@pytest.mark.parametrize("count, images", [(26, 2000), (0, 200), (4, 500), (500, 500)])
+def test_an_over_estimation_rate_comes_with_its_count_and_exact_interval(count, images):
+    k, low, high = rate_interval(count / images, images)
+    exact = binomtest(count, images).proportion_ci(0.95, method="exact")
+    assert k == count
+    assert low == pytest.approx(exact.low, abs=1e-9) and high == pytest.approx(exact.high, abs=1e-9)
