@@ -49,6 +49,9 @@ SELECTION = (
     "eval_images",
     "seed",
 )
+# fields by which an image set only grows at its end: a config with more takes the source's
+# counts for the images the source had, and its stages certify the rest
+GROWS = ("extra_holdout_images",)
 
 
 def seeds(cfg: Config) -> dict[str, int]:
@@ -72,7 +75,9 @@ def mismatches(cfg: Config, source: dict) -> list[str]:
     ]
     # a field newer than the source's exporter has its default there
     default = asdict(DataConfig())
-    bad += [f"data.{k}" for k in SELECTION if mine["data"][k] != source["data"].get(k, default[k])]
+    theirs = {k: source["data"].get(k, default[k]) for k in SELECTION}
+    bad += [f"data.{k}" for k in SELECTION if k not in GROWS and mine["data"][k] != theirs[k]]
+    bad += [f"data.{k}" for k in GROWS if mine["data"][k] < theirs[k]]
     bad += [f"{s}.seed" for s in ("calibrate", "evaluate") if mine[s]["seed"] != source[s]["seed"]]
     return bad
 
@@ -98,7 +103,8 @@ def reuse(cfg: Config, work: Path, source: Path) -> dict[str, int]:
     splits = {"calibration": ds.calib, "evaluation": ds.eval, "holdout": ds.holdout}
     origin = f"via {manifest['name']} {manifest['version']}"
     for name, evidence in sets.items():  # every check before any chunk is written
-        if not np.array_equal(splits[name].labels, evidence.labels):
+        labels = splits[name].labels[: len(evidence)]  # a grown set begins with the source's
+        if not np.array_equal(labels, evidence.labels):
             raise ValueError(f"{source}: its {name} images are not this config's (labels differ)")
         out_dir = work / MONTE_CARLO[name]
         if out_dir.exists() and any(out_dir.iterdir()):

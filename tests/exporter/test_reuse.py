@@ -42,6 +42,21 @@ def test_a_bundle_from_reused_evidence_has_the_source_counts_and_says_where_they
     assert "mean that smoke 1.0.0 recorded: its counts are reused" in report
 
 
+def test_a_larger_holdout_takes_the_source_counts_first_and_certifies_the_rest(smoke_run, tmp_path):
+    cfg, work, out = smoke_run
+    grown = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, extra_holdout_images=10))
+    assert mismatches(grown, cfg.to_dict()) == []  # a hold-out that grows at its end
+    copy = _fresh_work(work, tmp_path)
+    pipeline.run(grown, copy, tmp_path / "unused", ["data"])
+    reuse(grown, copy, out)
+    pipeline.run(grown, copy, tmp_path / "bundle", ["calibrate", "bundle", "evaluate"])
+    source = load_evidence(out / "evidence.npz")["holdout"]
+    made = load_evidence(tmp_path / "bundle" / "evidence.npz")["holdout"]
+    assert len(made) == len(source) + 10
+    np.testing.assert_array_equal(made.counts[: len(source)], source.counts)
+    assert made.counts[len(source) :].sum(1).tolist() == [cfg.bundle.n] * 10  # certified here
+
+
 def test_reuse_is_refused_for_another_seed_base_graph_or_a_folder_with_chunks(smoke_run, tmp_path):
     cfg, work, out = smoke_run
     other_seed = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, seed=7))
@@ -76,8 +91,9 @@ def test_a_selection_field_the_source_exporter_did_not_have_counts_as_its_defaul
     older = cfg.to_dict()
     del older["data"]["extra_holdout_images"]  # a manifest written before the field existed
     assert mismatches(cfg, older) == []
-    grown = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, extra_holdout_images=5))
-    assert mismatches(grown, older) == ["data.extra_holdout_images"]
+    larger = cfg.to_dict()
+    larger["data"]["extra_holdout_images"] = 5  # a source with more hold-out images than ours
+    assert mismatches(cfg, larger) == ["data.extra_holdout_images"]
 
 
 def test_other_images_are_refused_before_any_chunk_is_written(smoke_run, tmp_path):
