@@ -109,34 +109,8 @@ def test_asking_for_more_test_images_than_there_are_is_an_error(cifar_root, tmp_
         data.prepare(cfg, tmp_path)
 
 
-def test_extra_calibration_images_grow_the_set_without_moving_the_others(cifar_root, tmp_path):
-    base = dict(
-        root=str(cifar_root),
-        train_per_class=5,
-        test_per_class=10,
-        calibration_images=10,
-        calibration_test_images=20,
-        holdout_images=20,
-        eval_every=4,
-        eval_images=25,
-    )
-    data.prepare(DataConfig(**base), tmp_path / "before")
-    data.prepare(DataConfig(**base, extra_calibration_test_images=15), tmp_path / "after")
-    before, after = data.load(tmp_path / "before"), data.load(tmp_path / "after")
-    assert len(after.calib.labels) == len(before.calib.labels) + 15
-    # the first calibration images keep their order (their Monte-Carlo chunks stay valid)
-    assert np.array_equal(after.calib.images[:30], before.calib.images)
-    assert np.array_equal(after.holdout.images, before.holdout.images)
-    assert np.array_equal(after.eval.images, before.eval.images)
-    saved = np.load(tmp_path / "after" / "data.npz")
-    calib, holdout, evaluation = (
-        set(saved[k].tolist()) for k in ("calib_test_index", "holdout_index", "eval_index")
-    )
-    assert len(calib) == 35 and not (calib & holdout) and not (calib & evaluation)
-
-
-def test_extra_holdout_images_grow_the_holdout_at_its_end(cifar_root, tmp_path):
-    base = dict(
+def _selection(cifar_root) -> dict:
+    return dict(
         root=str(cifar_root),
         train_per_class=5,
         test_per_class=10,
@@ -147,19 +121,42 @@ def test_extra_holdout_images_grow_the_holdout_at_its_end(cifar_root, tmp_path):
         eval_every=4,
         eval_images=25,
     )
+
+
+def _grown(cifar_root, tmp_path, **more):
+    """(before, after, test indices of each set after) for a small selection, then the same
+    selection with the `more` fields changed."""
+    base = _selection(cifar_root)
     data.prepare(DataConfig(**base), tmp_path / "before")
-    data.prepare(DataConfig(**base, extra_holdout_images=15), tmp_path / "after")
-    before, after = data.load(tmp_path / "before"), data.load(tmp_path / "after")
+    data.prepare(DataConfig(**(base | more)), tmp_path / "after")
+    saved = np.load(tmp_path / "after" / "data.npz")
+    index = {k: set(saved[f"{k}_index"].tolist()) for k in ("calib_test", "holdout", "eval")}
+    return data.load(tmp_path / "before"), data.load(tmp_path / "after"), index
+
+
+def test_extra_calibration_images_grow_the_set_without_moving_the_others(cifar_root, tmp_path):
+    before, after, index = _grown(cifar_root, tmp_path, extra_calibration_test_images=25)
+    assert len(after.calib.labels) == len(before.calib.labels) + 15
+    # the first calibration images keep their order (their Monte-Carlo chunks stay valid)
+    assert np.array_equal(after.calib.images[:30], before.calib.images[:30])
+    assert np.array_equal(after.holdout.images, before.holdout.images)
+    assert np.array_equal(after.eval.images, before.eval.images)
+    calib = index["calib_test"]
+    assert len(calib) == 45
+    assert not (calib & index["holdout"]) and not (calib & index["eval"])
+
+
+def test_extra_holdout_images_grow_the_holdout_at_its_end(cifar_root, tmp_path):
+    before, after, index = _grown(cifar_root, tmp_path, extra_holdout_images=15)
     assert len(after.holdout.labels) == 35
     # the first hold-out images keep their order (their Monte-Carlo chunks stay valid)
     assert np.array_equal(after.holdout.images[:20], before.holdout.images)
     assert np.array_equal(after.calib.images, before.calib.images)
     assert np.array_equal(after.eval.images, before.eval.images)
-    saved = np.load(tmp_path / "after" / "data.npz")
-    calib, holdout, evaluation = (
-        set(saved[k].tolist()) for k in ("calib_test_index", "holdout_index", "eval_index")
-    )
-    assert len(holdout) == 35 and not (holdout & calib) and not (holdout & evaluation)
+    holdout = index["holdout"]
+    assert len(holdout) == 35
+    assert not (holdout & index["calib_test"]) and not (holdout & index["eval"])
     # 100 test images, 25 evaluated: 75 left, of which 50 went to calibration and hold-out
+    too_many = DataConfig(**_selection(cifar_root), extra_holdout_images=26)
     with pytest.raises(DatasetError, match="cannot take 76"):
-        data.prepare(DataConfig(**base, extra_holdout_images=26), tmp_path / "too_many")
+        data.prepare(too_many, tmp_path / "too_many")
