@@ -202,12 +202,12 @@ def describe_calibration(cal: Calibration | None) -> str:
         bins += [f"z >= {e:.2f}: {q:.3f}" for e, q in zip(rule.edges, rule.shifts[1:], strict=True)]
         return (
             f"Mondrian split-conformal, epsilon = {cal.epsilon}, fitted on "
-            f"{cal.set_size} calibration images; shift per bin of z = Phi^-1(raw pABar): "
+            f"{cal.set_size:,} calibration images; shift per bin of z = Phi^-1(raw pABar): "
             + "; ".join(bins)
         )
     return (
         f"split-conformal, epsilon = {cal.epsilon}, one shift q = {rule:.4f} "
-        f"fitted on {cal.set_size} calibration images"
+        f"fitted on {cal.set_size:,} calibration images"
     )
 
 
@@ -371,7 +371,7 @@ def write_markdown(path: Path, r: dict, ablation: dict | None = None, chosen_amo
     if h:
         lines += [
             "",
-            f"## Hold-out: {h['images']} test images no stage used",
+            f"## Hold-out: {h['images']:,} test images no stage used",
             "",
             *header,
             *_accuracy_rows(h, radii),
