@@ -89,9 +89,10 @@ def run(cfg: Config, work: Path) -> Path:
         "monte_carlo_seconds_per_image": float(seconds.mean()),
         "selection": {
             "images": int(len(calib) - len(fit.fit_rows)),
-            "mean_certified_accuracy_by_bins": {str(k): v for k, v in fit.selection.items()},
+            "mean_certified_accuracy_by_bins": fit.selection,
             "radii": list(c.selection_radii),
             "bins": fit.bins,
+            "top_bin": fit.top,
         },
     }
     if binned:

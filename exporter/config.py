@@ -127,6 +127,9 @@ class CalibrateConfig:
     bins: tuple[int, ...] = (1,)
     selection_fraction: float = 0.0
     selection_radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    # candidate widths of a bin of its own at the top of the raw bound's range (Phi^-1 units
+    # below the largest bound the protocol gives), each tried with every bin count above
+    top_bins: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ Mondrian rule (K = 1: one global shift) is scored by its mean certified accuracy
   hundred images cannot give several bins; choosing K among a few candidates on the images the
   shifts come from makes the guarantee approximate, and the report's over-estimation rates on
   evaluation and hold-out images are its check.
+
+A candidate may also set a bin of its own at the top of z_raw's range (`top_bins`: its width
+below the largest z_raw the protocol allows, Phi^-1(alpha^(1/n)), 3.20 at n = 10,000): the
+images the surrogate deems all but certain. Their over-claims are small, but in a bin shared
+with merely confident images they get that bin's larger shift, which caps the served radius
+below what Monte-Carlo certifies at the top (sigma * (3.20 - shift)); on a bin of their own they
+keep it. The other K bins then split the rest at equal mass.
 """
 
 from __future__ import annotations
@@ -124,6 +131,21 @@ def mean_certified_accuracy(pred, radius, labels, radii) -> float:
     return float(np.mean([certified_accuracy(pred, radius, labels, r) for r in radii]))
 
 
+def top_of_range(p: Protocol) -> float:
+    """The largest z_raw = Phi^-1(raw pABar) the protocol allows: all n votes for the class."""
+    return float(ndtri(p.alpha ** (1.0 / p.n)))
+
+
+def candidate_edges(z_raw, bins: int, top: float | None, p: Protocol) -> tuple[float, ...]:
+    """Equal-mass edges for `bins` bins, below a bin of its own for z_raw >= the top of the
+    range minus `top` (None: no such bin)."""
+    z_raw = np.asarray(z_raw)
+    if top is None:
+        return equal_mass_edges(z_raw, bins)
+    edge = top_of_range(p) - top
+    return (*equal_mass_edges(z_raw[z_raw < edge], bins), edge)
+
+
 def equal_mass_edges(z_raw, bins: int) -> tuple[float, ...]:
     """bins - 1 interior edges that split the images the raw rule certifies (z_raw > 0) into
     equal counts; images at or below 0 abstain whatever the shift, so they join the first bin."""
@@ -136,8 +158,9 @@ def equal_mass_edges(z_raw, bins: int) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class RuleFit:
     rule: float | ShiftRule
-    bins: int
-    selection: dict  # candidate K -> mean certified accuracy on the selection part
+    bins: int  # equal-mass bins, the top bin not counted
+    top: float | None  # the width of the top bin, None when there is none
+    selection: dict  # candidate ("K" or "K+top<width>") -> mean certified accuracy
     fit_rows: np.ndarray  # the calibration images the shifts were fitted on
     empirical_violation_rate: float  # on those images
     uncalibrated_violation_rate: float  # of the raw rule, on every calibration image
@@ -146,10 +169,10 @@ class RuleFit:
 CROSS_FIT_REPEATS = 10  # seeded 2-fold splits averaged when choosing K by cross-fitting
 
 
-def _cross_fit_accuracy(calib, p, z, scores, k, epsilon, radii, seed) -> float:
-    """Mean certified accuracy of the K-bin rule on one half when fitted on the other half,
-    over CROSS_FIT_REPEATS seeded 2-fold splits of the calibration images."""
-    edges, accs = equal_mass_edges(z, k), []
+def _cross_fit_accuracy(calib, p, z, scores, edges, epsilon, radii, seed) -> float:
+    """Mean certified accuracy of the rule with these bin edges on one half when fitted on the
+    other half, over CROSS_FIT_REPEATS seeded 2-fold splits of the calibration images."""
+    accs = []
     for repeat in range(CROSS_FIT_REPEATS):
         order = np.random.default_rng([seed, repeat]).permutation(len(calib))
         halves = (order[: len(order) // 2], order[len(order) // 2 :])
@@ -170,6 +193,7 @@ def fit_rule(
     selection_fraction: float,
     selection_radii: tuple[float, ...],
     seed: int,
+    top_bins: tuple[float, ...] = (),
 ) -> RuleFit:
     """The served calibration rule, chosen and fitted on calibration images only (see above).
     With one candidate and no selection part, it is the classic single split-conformal shift
@@ -182,26 +206,36 @@ def fit_rule(
     order = np.random.default_rng(seed).permutation(len(calib))
     cut = int(round(selection_fraction * len(calib)))
     select, fit = np.sort(order[:cut]), np.sort(order[cut:])
-    chosen, table = candidates[0], {}
-    if len(candidates) > 1:
-        for k in candidates:
+    rules = [(k, None) for k in candidates] + [(k, t) for k in candidates for t in top_bins]
+    chosen, table = rules[0], {}
+    if len(rules) > 1:
+        for k, top in rules:
+            name = _candidate_name(k, top)
             if cut:
                 sel = calib.subset(select)
-                edges = equal_mass_edges(z[select], k)
+                edges = candidate_edges(z[select], k, top, p)
                 rule = fit_binned_shifts(z[select], scores[select], edges, epsilon)
                 pred, _, rad = sel.served(p, rule)
-                table[k] = mean_certified_accuracy(pred, rad, sel.labels, selection_radii)
+                table[name] = mean_certified_accuracy(pred, rad, sel.labels, selection_radii)
             else:
-                table[k] = _cross_fit_accuracy(
-                    calib, p, z, scores, k, epsilon, selection_radii, seed
+                edges = candidate_edges(z, k, top, p)
+                table[name] = _cross_fit_accuracy(
+                    calib, p, z, scores, edges, epsilon, selection_radii, seed
                 )
-        chosen = max(candidates, key=lambda k: (table[k], -k))  # ties: fewer bins
-    edges = equal_mass_edges(z[select] if cut else z[fit], chosen)
+        # ties: fewer bins, then no top bin
+        chosen = max(rules, key=lambda r: (table[_candidate_name(*r)], -r[0], r[1] is None))
+    k, top = chosen
+    edges = candidate_edges(z[select] if cut else z[fit], k, top, p)
     rule = fit_binned_shifts(z[fit], scores[fit], edges, epsilon)
-    served_rule = rule if chosen > 1 else rule.shifts[0]
+    served_rule = rule if edges else rule.shifts[0]
     violations = scores[fit] > rule.at(z[fit])
     raw = float(np.mean(scores > 0))
-    return RuleFit(served_rule, chosen, table, fit, float(violations.mean()), raw)
+    return RuleFit(served_rule, k, top, table, fit, float(violations.mean()), raw)
+
+
+def _candidate_name(bins: int, top: float | None) -> str:
+    """How the selection table names a candidate rule: "3", or "3+top0.1" with a top bin."""
+    return str(bins) if top is None else f"{bins}+top{top:g}"
 
 
 def fit_configured(calib: Evidence, p: Protocol, c) -> RuleFit:
@@ -214,6 +248,7 @@ def fit_configured(calib: Evidence, p: Protocol, c) -> RuleFit:
         selection_fraction=c.selection_fraction,
         selection_radii=c.selection_radii,
         seed=c.seed,
+        top_bins=c.top_bins,
     )
 
 

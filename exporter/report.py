@@ -296,11 +296,12 @@ def save_report(bundle: Path, report: dict) -> Path:
 
 def calibration_choice(bundle: Path) -> int:
     """How many rules the calibrate stage chose among on the very images it fitted the shifts on
-    (its config's bin counts, chosen by 2-fold cross-fitting when `selection_fraction` is 0);
-    1 when the rule was fixed in advance or chosen on a separate selection part."""
+    (its config's bin counts, each also with every top bin it lists, chosen by 2-fold
+    cross-fitting when `selection_fraction` is 0); 1 when the rule was fixed in advance or chosen
+    on a separate selection part."""
     config = json.loads((bundle / "manifest.json").read_text()).get("exporter") or {}
     calibrate = config.get("config", {}).get("calibrate", {})
-    candidates = len(calibrate.get("bins", [1]))
+    candidates = len(calibrate.get("bins", [1])) * (1 + len(calibrate.get("top_bins", [])))
     return candidates if candidates > 1 and not calibrate.get("selection_fraction") else 1
 
 
@@ -327,9 +328,9 @@ def guarantee(calibration, chosen_among: int) -> str:
         + (" in every bin, and so overall, for bins fixed in advance" if binned else "")
     )
     if chosen_among > 1:
-        what = "the number of bins" if binned else "one shift"
+        what = "the bins were" if binned else "one shift was"
         text += (
-            f"; {what} was chosen among {chosen_among} candidate bin counts by 2-fold "
+            f"; {what} chosen among {chosen_among} candidate rules by 2-fold "
             "cross-fitting on these same calibration images, which makes the guarantee "
             "approximate"
         )

@@ -52,6 +52,7 @@ def test_the_guarantee_is_called_approximate_exactly_when_the_rule_was_chosen_on
     )
     for calibrate, expected in (
         ({"bins": [1, 2, 3, 4], "selection_fraction": 0.0}, 4),  # cross-fitted on the fit images
+        ({"bins": [1, 2], "top_bins": [0.05, 0.1], "selection_fraction": 0.0}, 6),  # each K thrice
         ({"bins": [1, 2], "selection_fraction": 0.3}, 1),  # chosen on a separate selection part
         ({"bins": [1], "selection_fraction": 0.0}, 1),  # fixed in advance
     ):
