@@ -40,6 +40,7 @@ from accsmooth.smoothing import (
     apply_shift,
     clopper_pearson_lower,
     fit_binned_shifts,
+    max_certifiable_radius,
     overestimated,
     overestimation_scores,
     radius_from_p_lower,
@@ -132,8 +133,9 @@ def mean_certified_accuracy(pred, radius, labels, radii) -> float:
 
 
 def top_of_range(p: Protocol) -> float:
-    """The largest z_raw = Phi^-1(raw pABar) the protocol allows: all n votes for the class."""
-    return float(ndtri(p.alpha ** (1.0 / p.n)))
+    """The largest z_raw = Phi^-1(raw pABar) the protocol allows: all n votes for the class
+    (the largest certifiable radius in units of sigma)."""
+    return max_certifiable_radius(p.n, p.alpha, 1.0)
 
 
 def candidate_edges(z_raw, bins: int, top: float | None, p: Protocol) -> tuple[float, ...]:
