@@ -6,7 +6,8 @@ Bundles that share a base graph, sigma and protocol stand in for the same Monte-
 certificates, so the counts in one bundle's `evidence.npz` are every such bundle's ground truth
 on those images. The first bundle named gives the evidence; its image sets (evaluation,
 hold-out) are read again with the data config in its manifest (the data stage, into a temporary
-folder; `--data-dir` where the images live elsewhere) and checked against the evidence's labels.
+folder; `--data-dir` where the images live elsewhere) and checked against the evidence: the
+labels, and the first bundle's surrogate must answer as its evidence records.
 Every bundle named, the first included, then answers them with its own surrogate graph and its
 shipped calibration rule, and the report's tables follow at the first bundle's radii
 (`exporter.fidelity.tables`, the code of the evaluate stage): certified accuracy of Monte-Carlo,
@@ -89,6 +90,12 @@ def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict
             if not np.array_equal(split.labels, e.labels):
                 raise ValueError(f"{source_dir}: its {name} images read again have other labels")
             probs = surrogate_probabilities(b / m.graphs.surrogate.file, split.images)
+            if b == source_dir and not np.allclose(probs, e.probs, atol=1e-4):
+                # its own graph must answer as the evidence says, or these are other images
+                raise ValueError(
+                    f"{source_dir}: its {name} images read again are not the ones "
+                    "its evidence was made on (its surrogate answers otherwise)"
+                )
             t = tables(Evidence(e.labels, e.counts0, e.counts, probs), protocol, m.shift, radii)
             out[m.name][name] = {k: v for k, v in t.items() if k != "curves"}
     return out

@@ -9,6 +9,7 @@ import pytest
 
 from exporter import tables
 from exporter.compare import compare, main
+from exporter.fidelity import Evidence, load_evidence, save_evidence
 
 KEYS = ("images", "top1_agreement", "versus_monte_carlo", "certified_accuracy")
 
@@ -59,3 +60,14 @@ def test_a_bundle_with_another_ground_truth_is_refused(smoke_run, tmp_path, caps
         compare([out, other])
     assert main([str(out), str(other)]) == 2
     assert "another sigma" in capsys.readouterr().err
+
+
+def test_images_that_are_not_the_evidences_are_refused(smoke_run, tmp_path):
+    _, _, out = smoke_run
+    copy = _copy(out, tmp_path / "copy")
+    sets = load_evidence(copy / "evidence.npz")
+    holdout = sets["holdout"]  # as if the images had been other ones with the same labels
+    sets["holdout"] = Evidence(holdout.labels, holdout.counts0, holdout.counts, holdout.probs[::-1])
+    save_evidence(copy / "evidence.npz", sets)
+    with pytest.raises(ValueError, match="holdout images read again are not the ones"):
+        compare([copy])
