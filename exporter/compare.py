@@ -38,18 +38,15 @@ from exporter.report import load_report
 SETS = ("evaluation", "holdout")  # the calibration images are each bundle's own fitting data
 
 
-def _same_ground_truth(source: Path, other: Path) -> list[str]:
-    """What differs between two bundles among what their Monte-Carlo certificates depend on."""
-    base = {b: sha256_of(b / read_manifest(b).graphs.base.file) for b in (source, other)}
-    source, other = read_manifest(source), read_manifest(other)
-    bad = [
-        f"protocol.{k}"
-        for k in ("n0", "n", "alpha")
-        if getattr(source.protocol, k) != getattr(other.protocol, k)
-    ]
-    bad += ["sigma"] if source.sigma != other.sigma else []
-    bad += ["base graph"] if len(set(base.values())) > 1 else []
-    return bad
+def _ground_truth(bundle: Path, manifest: Manifest) -> dict:
+    """What a bundle's Monte-Carlo certificates depend on: protocol, sigma and base graph bytes."""
+    return {
+        "protocol.n0": manifest.protocol.n0,
+        "protocol.n": manifest.protocol.n,
+        "protocol.alpha": manifest.protocol.alpha,
+        "sigma": manifest.sigma,
+        "base graph": sha256_of(bundle / manifest.graphs.base.file),
+    }
 
 
 def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
@@ -70,10 +67,11 @@ def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
 def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict[str, dict]]:
     """{bundle name: {set name: tables}} on the first bundle's evidence."""
     source_dir, *_ = bundles
-    source = read_manifest(source_dir)
     manifests = {b: read_manifest(b) for b in bundles}
-    for b in bundles:
-        bad = _same_ground_truth(source_dir, b)
+    source = manifests[source_dir]
+    truth = _ground_truth(source_dir, source)
+    for b, m in manifests.items():
+        bad = [k for k, v in _ground_truth(b, m).items() if v != truth[k]]
         if bad:
             raise ValueError(f"{b}: another {', '.join(bad)} than {source_dir}")
     evidence = load_evidence(source_dir / EVIDENCE)
