@@ -24,7 +24,7 @@ from accsmooth.bundle import EVIDENCE, read_manifest
 from accsmooth.smoothing import ShiftRule
 from exporter import ablation
 from exporter.ablation import ABLATION_JSON
-from exporter.config import load_config
+from exporter.config import CalibrateConfig, read_section
 from exporter.fidelity import Protocol, fit_configured, load_evidence, tables
 from exporter.report import ablation_table, load_report
 
@@ -66,16 +66,12 @@ def refit_calibration(bundle: Path) -> float | ShiftRule:
     images = (cal.model_extra or {}).get("images", cal.set_size)
     calib = load_evidence(bundle / EVIDENCE)["calibration"].subset(np.arange(images))
     recorded = manifest.exporter["config"]["calibrate"]
-    c = load_config(None, [f"calibrate.{k}={_as_text(v)}" for k, v in recorded.items()])
-    return fit_configured(calib, protocol, c.calibrate).rule
+    c = read_section(CalibrateConfig, recorded, f"{bundle}: calibrate")
+    return fit_configured(calib, protocol, c).rule
 
 
 def _rule_values(rule) -> list:
     return [list(rule.edges), list(rule.shifts)] if isinstance(rule, ShiftRule) else [rule]
-
-
-def _as_text(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def differences(bundle: Path) -> list[str]:
