@@ -1,0 +1,169 @@
+"""What served fidelity K passes of the base could buy, from a bundle's evidence alone.
+
+    python -m exporter.ceiling models/cifar10-sigma0.25-probes [--votes 16 64 256] [--seed 0]
+
+The served rule trails Monte-Carlo by the calibration shift, and the shift is set by the tail
+of the surrogate's error on Phi^-1(p_A). How small can that tail get for a surrogate that runs
+the base K times? This answers it in a synthetic world built from the bundle's Monte-Carlo
+counts, without sampling the network: each image's smoothed class frequencies are taken to be
+its n-round frequencies p (the best estimate of them there is), and on every image set
+- Monte-Carlo is drawn again from p: n0 and n multinomial counts, as CERTIFY draws them;
+- the K-vote surrogate answers the shares of K multinomial draws from p: K passes of the base
+  on fresh noise, votes only, no network;
+- the exact surrogate answers p itself, the limit no finite K reaches.
+Each surrogate is calibrated on the calibration images with the calibrate settings the bundle's
+manifest records (`exporter.fidelity.fit_configured`) and scored on the evaluation and hold-out
+images with the evaluate stage's tables, so its figures read like a report's.
+
+Votes alone are the crudest use of K passes: a probe head also reads each probe's softmax, so at
+equal K it serves at least as close to Monte-Carlo as the vote rows (docs/results.md compares
+both), and the K a goal needs here is an upper bound on the probes it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from accsmooth.bundle import EVIDENCE, read_manifest
+from exporter.config import CalibrateConfig, read_section
+from exporter.fidelity import Evidence, Protocol, fit_configured, load_evidence, tables
+from exporter.report import load_report
+
+SETS = ("evaluation", "holdout")
+DEFAULT_VOTES = (16, 32, 64, 128, 256, 1024, 4096)
+
+
+@dataclass(frozen=True)
+class World:
+    """One image set's smoothed frequencies p [M,C] and Monte-Carlo drawn again from them."""
+
+    labels: np.ndarray
+    p: np.ndarray
+    counts0: np.ndarray
+    counts: np.ndarray
+
+    def with_surrogate(self, probs) -> Evidence:
+        return Evidence(self.labels, self.counts0, self.counts, probs)
+
+
+def world(e: Evidence, n0: int, rng: np.random.Generator) -> World:
+    """The set's frequencies from its n-round counts, and CERTIFY's two rounds drawn from them."""
+    n = e.counts.sum(1, keepdims=True)
+    p = e.counts / n
+    return World(e.labels, p, rng.multinomial(n0, p), rng.multinomial(n[:, 0], p))
+
+
+def vote_shares(p, k: int, rng: np.random.Generator) -> np.ndarray:
+    """What a surrogate that counts K fresh noisy votes of the base answers: their shares."""
+    return rng.multinomial(k, p) / k
+
+
+def ceiling(
+    sets: dict[str, Evidence],
+    protocol: Protocol,
+    n0: int,
+    calibrate: CalibrateConfig,
+    radii,
+    votes=DEFAULT_VOTES,
+    seed: int = 0,
+) -> list[dict]:
+    """One row per surrogate (each K in `votes`, then the exact one): its chosen calibration
+    rule and, per scored set, the evaluate stage's tables (curves left out)."""
+    rng = np.random.default_rng(seed)
+    worlds = {name: world(e, n0, rng) for name, e in sets.items()}
+    rows = []
+    for k in (*votes, None):
+        answers = {
+            name: w.with_surrogate(w.p if k is None else vote_shares(w.p, k, rng))
+            for name, w in worlds.items()
+        }
+        fit = fit_configured(answers["calibration"], protocol, calibrate)
+        scored = {
+            name: {
+                key: v
+                for key, v in tables(answers[name], protocol, fit.rule, radii).items()
+                if key != "curves"
+            }
+            for name in SETS
+            if name in answers and len(answers[name])
+        }
+        rows.append({"votes": k, "bins": fit.bins, "top_bin": fit.top, "sets": scored})
+    return rows
+
+
+def for_bundle(bundle: Path, votes=DEFAULT_VOTES, seed: int = 0) -> list[dict]:
+    """`ceiling` on a bundle's evidence, protocol, recorded calibrate settings and radii."""
+    manifest = read_manifest(bundle)
+    recorded = ((manifest.exporter or {}).get("config") or {}).get("calibrate")
+    if recorded is None:
+        raise ValueError(f"{bundle}: its manifest records no exporter calibrate config")
+    calibrate = read_section(CalibrateConfig, recorded, f"{bundle}: calibrate")
+    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+    radii = [float(r) for r in load_report(bundle)["certified_accuracy"]["monte_carlo"]]
+    sets = load_evidence(bundle / EVIDENCE)
+    return ceiling(sets, protocol, manifest.protocol.n0, calibrate, radii, votes, seed)
+
+
+def render(rows: list[dict]) -> str:
+    """A markdown table per scored set: served accuracy, its gap to Monte-Carlo, over-claims."""
+    out = []
+    for name in rows[0]["sets"]:
+        first = rows[0]["sets"][name]
+        radii = list(first["certified_accuracy"]["monte_carlo"])
+        mc_row = first["certified_accuracy"]["monte_carlo"].values()
+        mc = " / ".join(f"{100 * v:.1f}" for v in mc_row)
+        out += [
+            f"\n{name} ({first['images']} images), r = {' / '.join(radii)}; "
+            f"Monte-Carlo drawn again: {mc}",
+            "| surrogate | calibration bins | served | gap to Monte-Carlo "
+            "| over-estimation | top-1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            t = row["sets"][name]
+            ca = t["certified_accuracy"]
+            served = [ca["surrogate_calibrated"][r] for r in radii]
+            gap = [ca["monte_carlo"][r] - s for r, s in zip(radii, served, strict=True)]
+            over = t["versus_monte_carlo"]["surrogate_calibrated"]["overestimation_rate"]
+            who = "exact frequencies" if row["votes"] is None else f"{row['votes']:,} votes"
+            bins = f"{row['bins']}" + ("" if row["top_bin"] is None else f"+top{row['top_bin']:g}")
+            out.append(
+                f"| {who} | {bins} | {' / '.join(f'{100 * s:.1f}' for s in served)} "
+                f"| {' / '.join(f'{100 * g:.1f}' for g in gap)} | {100 * over:.1f}% "
+                f"| {100 * t['top1_agreement']:.1f}% |"
+            )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m exporter.ceiling",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--votes", type=int, nargs="+", default=list(DEFAULT_VOTES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    if min(args.votes) < 1:
+        parser.error("--votes must be positive")
+    try:
+        rows = for_bundle(args.bundle, tuple(args.votes), args.seed)
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
