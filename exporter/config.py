@@ -111,6 +111,10 @@ class TrainSurrogateConfig:
     # MLP combines their votes and logits with the network's output. Costs K base passes.
     probes: int = 0
     probe_seed: int = 2026
+    # where the head's training features run the K probe passes: "torch" (the base network) or
+    # "onnxruntime" (its exported graph, parity-checked against it: about 4x the rate on a CPU;
+    # the features agree to float rounding, so the head is not bit-for-bit torch's)
+    probe_runtime: str = "torch"
     head_hidden: int = 256  # units in each of the head's two hidden layers
     head_epochs: int = 30  # passes over the training images' features (computed once)
     head_lr: float = 2e-3  # peak learning rate of AdamW's one-cycle schedule

@@ -25,7 +25,7 @@ import torch
 
 from accsmooth.bundle import sha256_of
 from exporter import data as data_stage
-from exporter import models, probes, targets, torch_work, train_base
+from exporter import models, onnx_export, probes, targets, torch_work, train_base
 from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
@@ -137,7 +137,7 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     shape = tuple(int(v) for v in images.shape[1:])
     noise_args = {"k": c.probes, "shape": shape, "sigma": cfg.bundle.sigma, "seed": c.probe_seed}
     noise = probes.probe_noise(**noise_args)
-    feats = probes.probe_features(network, base, noise, images)
+    feats = probes.probe_features(network, base, noise, images, _probe_graph(c, work))
     _, fit_to = fit_to_targets(targets.load(work), "ce_probit_censored")
     head = probes.fit_head(
         feats,
@@ -157,6 +157,17 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     tmp.replace(ckpt)
     log.info("train-surrogate: probe head over %d probes stored in %s", c.probes, ckpt.name)
     return ckpt
+
+
+def _probe_graph(c, work: Path) -> Path | None:
+    """The base graph the probe passes run on (`train_surrogate.probe_runtime`), or None: torch."""
+    if c.probe_runtime == "torch":
+        return None
+    if c.probe_runtime == "onnxruntime":
+        return onnx_export.graph(work, "base")
+    raise ValueError(
+        f"train_surrogate.probe_runtime must be 'torch' or 'onnxruntime', not {c.probe_runtime!r}"
+    )
 
 
 def run(cfg: Config, work: Path) -> Path:

@@ -94,6 +94,25 @@ def test_the_head_sees_the_base_on_exactly_its_fixed_noisy_copies(tiny):
         )
 
 
+def test_the_probe_passes_may_run_on_the_base_graph_and_give_the_same_features(tiny):
+    cfg, work = tiny
+    surrogate, base = _networks(work)
+    noise = probes.probe_noise(16, (3, 32, 32), 0.25, seed=1)
+    images = data.load(work).train.images
+    assert len(images) * len(noise) > probes.GRAPH_BATCH  # more than one onnxruntime call
+    in_torch = probes.probe_features(surrogate, base, noise, images)
+    graph = train_surrogate._probe_graph(
+        cfg.train_surrogate.__class__(probe_runtime="onnxruntime"), work
+    )
+    assert graph == onnx_export.graph(work, "base")
+    on_graph = probes.probe_features(surrogate, base, noise, images, graph)
+    assert on_graph.shape == in_torch.shape == (len(images), 50)
+    np.testing.assert_allclose(on_graph, in_torch, atol=1e-4)
+    assert train_surrogate._probe_graph(cfg.train_surrogate, work) is None  # torch by default
+    with pytest.raises(ValueError, match="probe_runtime"):
+        train_surrogate._probe_graph(cfg.train_surrogate.__class__(probe_runtime="tf"), work)
+
+
 def test_the_censored_loss_lets_all_votes_targets_go_higher_but_not_lower():
     def loss_and_ce(target, predicted):
         q, p = torch.tensor([target]), torch.log(torch.tensor([predicted]))
