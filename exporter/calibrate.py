@@ -48,7 +48,10 @@ def save(work: Path, result: dict) -> Path:
     return path
 
 
-def surrogate_probabilities(onnx_path: Path, images_uint8: np.ndarray, batch: int = 500):
+def surrogate_probabilities(onnx_path: Path, images_uint8: np.ndarray, batch: int = 64):
+    """The surrogate graph's outputs [N,K] for uint8 images [N,C,H,W], `batch` images per call:
+    a probe graph runs the base on K noisy copies of each, so a call holds K * batch images'
+    activations (at K = 256, 500 images per call took more than the machine's 24 GiB)."""
     predict = OnnxPredictor(make_session(onnx_path))
     x = data_stage.to_float(images_uint8)
     return np.concatenate([predict(x[i : i + batch]) for i in range(0, len(x), batch)])

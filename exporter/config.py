@@ -115,6 +115,9 @@ class TrainSurrogateConfig:
     # "onnxruntime" (its exported graph, parity-checked against it: about 4x the rate on a CPU;
     # the features agree to float rounding, so the head is not bit-for-bit torch's)
     probe_runtime: str = "torch"
+    # the served probabilities mix in this share of the probes' vote shares (0 = the head's
+    # alone); set after training, it rebuilds the graph without training the head again
+    vote_weight: float = 0.0
     head_hidden: int = 256  # units in each of the head's two hidden layers
     head_epochs: int = 30  # passes over the training images' features (computed once)
     head_lr: float = 2e-3  # peak learning rate of AdamW's one-cycle schedule

@@ -14,7 +14,11 @@ of their sampling error), stored in the graph, and for an image x
     logits   = log h(x) + MLP(features)       served as softmax(logits)
 
 where h is the surrogate network. The MLP's last layer starts at zero, so before training the
-probe surrogate is h. It is still a deterministic function of x (the noise is a constant of the
+probe surrogate is h. With a vote weight w > 0 the graph serves w * (vote shares) + (1 - w) *
+softmax(logits) instead: at K = 256 the head alone reads the probes' votes less sharply than
+they measure p_A (its calibration shifts stay at 0.3-0.45), and half of each is what the
+calibration cross-fit prefers (docs/results.md); at K = 16 the votes are too coarse, and w = 0.
+It is still a deterministic function of x (the noise is a constant of the
 graph, the same for every request), so calibration and its guarantee apply unchanged, and the
 server serves it as any surrogate graph (`images` -> `probabilities`). It costs K passes of the
 base at batch K besides the surrogate's: the whole K = 16 graph takes 1.46 ms at batch 1 on one
@@ -102,18 +106,37 @@ class ProbeHead(nn.Module):
         return feats[:, : self.num_classes] + self.mlp(feats)
 
 
+def served(head: ProbeHead, feats: torch.Tensor, vote_weight: float = 0.0) -> torch.Tensor:
+    """The probabilities the probe surrogate serves from `features` [B, 5C]: the head's, with
+    `vote_weight` of the probes' vote shares mixed in."""
+    probs = head(feats).softmax(1)
+    if not vote_weight:
+        return probs
+    c = head.num_classes
+    return vote_weight * feats[:, 3 * c : 4 * c] + (1.0 - vote_weight) * probs
+
+
 class ProbeSurrogate(nn.Module):
     """images [B,C,H,W] -> probabilities [B,K]: the surrogate network h, the base f on the K
     fixed probes, and the head (see the module docstring). h ends in logits, as trained."""
 
-    def __init__(self, surrogate: nn.Module, base: nn.Module, noise: np.ndarray, head: ProbeHead):
+    def __init__(
+        self,
+        surrogate: nn.Module,
+        base: nn.Module,
+        noise: np.ndarray,
+        head: ProbeHead,
+        vote_weight: float = 0.0,
+    ):
         super().__init__()
         self.surrogate, self.base, self.head = surrogate, base, head
+        self.vote_weight = float(vote_weight)
         self.register_buffer("noise", torch.as_tensor(noise))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.surrogate(x).softmax(1)
-        return self.head(features(probs, probe_logits(self.base, x, self.noise))).softmax(1)
+        feats = features(probs, probe_logits(self.base, x, self.noise))
+        return served(self.head, feats, self.vote_weight)
 
 
 class GraphBase:
@@ -189,7 +212,9 @@ def fit_head(
     return head.eval()
 
 
-def head_state(head: ProbeHead, base: nn.Module, base_meta: dict, noise_args: dict) -> dict:
+def head_state(
+    head: ProbeHead, base: nn.Module, base_meta: dict, noise_args: dict, vote_weight: float = 0.0
+) -> dict:
     """What surrogate.pt stores under "probe_head": enough to rebuild the probe surrogate."""
     return {
         "head": head.state_dict(),
@@ -197,6 +222,7 @@ def head_state(head: ProbeHead, base: nn.Module, base_meta: dict, noise_args: di
         "base": base.state_dict(),
         "base_meta": base_meta,  # arch, widths, num_classes, mean, std of the base
         "noise": noise_args,  # k, shape, sigma, seed: `probe_noise(**noise)` redraws it
+        "vote_weight": vote_weight,
     }
 
 
@@ -210,4 +236,5 @@ def from_checkpoint(surrogate: nn.Module, stored: dict) -> ProbeSurrogate:
     head = ProbeHead(meta["num_classes"], stored["hidden"])
     head.load_state_dict(stored["head"])
     noise = probe_noise(**stored["noise"])
-    return ProbeSurrogate(surrogate, base.eval(), noise, head.eval()).eval()
+    weight = stored.get("vote_weight", 0.0)  # heads stored before the weight existed: 0
+    return ProbeSurrogate(surrogate, base.eval(), noise, head.eval(), weight).eval()

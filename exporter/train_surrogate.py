@@ -126,8 +126,15 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
         "epochs": c.head_epochs,
         "lr": c.head_lr,
     }
-    if state.get("probe_head", {}).get("settings") == settings:
+    if not 0.0 <= c.vote_weight <= 1.0:
+        raise ValueError(f"train_surrogate.vote_weight must be in [0, 1], not {c.vote_weight}")
+    stored = state.get("probe_head", {})
+    if stored.get("settings") == settings:
         log.info("train-surrogate: probe head already trained (%s)", settings)
+        if stored.get("vote_weight", 0.0) != c.vote_weight:
+            stored["vote_weight"] = c.vote_weight
+            _save(state, ckpt)
+            log.info("train-surrogate: vote weight %g stored in %s", c.vote_weight, ckpt.name)
         return ckpt
     ds = data_stage.load(work)
     images = targets.labelled_images(work, ds.train.images)
@@ -150,13 +157,17 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
         watch=min(1000, len(feats) // 50),  # as the network's fit: the last 2%, at most 1,000
     )
     meta = {key: base_state[key] for key in ("arch", "widths", "num_classes", "mean", "std")}
-    stored = probes.head_state(head, base, meta, noise_args)
+    stored = probes.head_state(head, base, meta, noise_args, c.vote_weight)
     state["probe_head"] = stored | {"settings": settings}
+    _save(state, ckpt)
+    log.info("train-surrogate: probe head over %d probes stored in %s", c.probes, ckpt.name)
+    return ckpt
+
+
+def _save(state: dict, ckpt: Path) -> None:
     tmp = ckpt.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(ckpt)
-    log.info("train-surrogate: probe head over %d probes stored in %s", c.probes, ckpt.name)
-    return ckpt
 
 
 def _probe_graph(c, work: Path) -> Path | None:

@@ -166,6 +166,31 @@ def test_the_stage_imports_a_surrogate_graph_trains_the_head_and_exports_it(tiny
     with torch.no_grad():
         plain = train_base.network(work)(torch.as_tensor(data.to_float(images))).softmax(1)
     assert np.abs(got - plain.numpy()).max() > 1e-3
+    # a vote weight set afterwards is stored without training the head again, and served
+    head_before = state["probe_head"]["head"]
+    mixed_cfg = load_config(
+        SMOKE,
+        TINY_DATA
+        + PROBES
+        + [f"train_surrogate.from_onnx={source}", "train_surrogate.vote_weight=0.5"],
+    )
+    train_surrogate.run(mixed_cfg, work)
+    stored = torch.load(ckpt, weights_only=False)["probe_head"]
+    assert stored["vote_weight"] == 0.5
+    assert all(torch.equal(v, stored["head"][k]) for k, v in head_before.items())
+    mixed_graph = OnnxPredictor(make_session(onnx_export.run(mixed_cfg, work, "surrogate")))(x)
+    network = onnx_export.network(ckpt, "surrogate")
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        logits = probes.probe_logits(network.base, xt, network.noise)
+        votes = probes.features(network.surrogate(xt).softmax(1), logits)[:, 30:40].numpy()
+        mixed = network(xt).numpy()
+    np.testing.assert_allclose(mixed, 0.5 * votes + 0.5 * expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(mixed_graph, mixed, atol=1e-4)
+    np.testing.assert_allclose(mixed_graph.sum(1), 1.0, atol=1e-5)
+    bad = load_config(SMOKE, TINY_DATA + PROBES + ["train_surrogate.vote_weight=1.5"])
+    with pytest.raises(ValueError, match="vote_weight"):
+        train_surrogate.add_probe_head(bad, work, ckpt)
 
 
 def test_fitting_the_head_lowers_its_loss_on_the_targets(tiny):
