@@ -137,6 +137,14 @@ class Manifest(_Frozen):
         return len(self.classes)
 
     @property
+    def passes_per_image(self) -> int:
+        """Network passes the surrogate graph makes per image: 1, or 1 + K for a probe graph
+        (its exporter config's `train_surrogate.probes`), which runs the base on K noisy copies."""
+        config = (self.exporter or {}).get("config") or {}
+        probes = (config.get("train_surrogate") or {}).get("probes") or 0
+        return 1 + int(probes)
+
+    @property
     def shift(self) -> float | ShiftRule:
         """The calibration subtracted from served bounds on the normal-quantile scale: one shift,
         or a shift per bin (`ShiftRule`); 0 when uncalibrated."""

@@ -58,6 +58,7 @@ class LoadedModel:
     # correct ones, sorted, and the number of images; what ?radius=R ranks bundles by
     correct_radii: np.ndarray | None = field(default=None, repr=False)
     evaluation_images: int = 0
+    max_batch: int = 1  # images per surrogate call (`micro_batch`)
 
     def served_accuracy(self, radius: float) -> float:
         """Served (calibrated) certified accuracy at `radius` on the bundle's evaluation images:
@@ -113,7 +114,8 @@ def _load(folder: Path, settings: Settings) -> LoadedModel:
             raise BundleError(f"{folder / spec.file}: onnxruntime cannot load it: {exc}") from exc
         check_graph(session, manifest, kind)
         setattr(model, kind, OnnxPredictor(session))
-    _warm_up(model, settings.max_batch)
+    model.max_batch = micro_batch(manifest, settings)
+    _warm_up(model, model.max_batch)
     model.base_samples_per_second = measure_throughput(
         model.base,
         manifest.input.shape,
@@ -122,6 +124,13 @@ def _load(folder: Path, settings: Settings) -> LoadedModel:
         batch_size=settings.sampled_batch_size,
     )
     return model
+
+
+def micro_batch(manifest: Manifest, settings: Settings) -> int:
+    """Images per surrogate call for this bundle: `max_batch`, fewer where a probe graph's
+    images would pass `max_passes_per_call` network passes (one image at the least)."""
+    fits = settings.max_passes_per_call // manifest.passes_per_image
+    return max(1, min(settings.max_batch, fits))
 
 
 def _warm_up(model: LoadedModel, max_batch: int) -> None:
@@ -197,7 +206,7 @@ class ModelRegistry:
         s = self.settings
         model.batcher = MicroBatcher(
             model.certify_batch,
-            max_batch=s.max_batch,
+            max_batch=model.max_batch,
             max_delay=s.max_queue_delay_ms / 1000.0,
             max_queue=s.max_queue,
             name=model.name,

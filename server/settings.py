@@ -37,6 +37,12 @@ class Settings(BaseSettings):
 
     # Fast path (/certify): micro-batching
     max_batch: int = Field(32, ge=1, le=1024, description="images per onnxruntime call")
+    # a probe graph's image is 1 + K network passes: its batches hold fewer images, so that a
+    # 256-probe bundle holds 0.3 GB per worker instead of 1.0 (docs/results.md); 1 + 16 probes
+    # still fit 32 images a call
+    max_passes_per_call: int = Field(
+        1024, ge=1, description="network passes per surrogate call, probe graphs' included"
+    )
     # 0: batches form only while the model is busy. Measured with wrk at 16 connections, a
     # wait of 1 ms for stragglers cost 30% of the rate (loadtests/README.md)
     max_queue_delay_ms: float = Field(

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
 
+from accsmooth.bundle import read_manifest
 from server.http.app import create_app
 from server.placeholder import linear_graph
+from server.registry import micro_batch
+from server.settings import Settings
 from tests.server.helpers import post_image, rehash, settings_for, solid
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def corrupt(folder, file="surrogate.onnx"):
@@ -126,3 +133,31 @@ def test_a_broken_bundle_is_named_by_the_bundle_never_by_its_path_on_disk(
         assert response.status_code in (200, 503)
         assert "tiny/surrogate.onnx" in response.text
         assert str(tmp_path) not in response.text and str(folder.resolve()) not in response.text
+
+
+@pytest.mark.parametrize(
+    ("bundle", "images"),
+    [
+        ("cifar10-sigma0.25", 32),
+        ("cifar10-sigma0.25-probes", 32),  # 17 passes an image: 60 would fit
+        ("cifar10-sigma0.25-probes256", 3),
+    ],
+)
+def test_a_probe_bundles_micro_batches_hold_its_passes_per_call_not_its_images(bundle, images):
+    manifest = read_manifest(REPO / "models" / bundle)
+    assert micro_batch(manifest, Settings(max_batch=32, max_passes_per_call=1024)) == images
+    assert micro_batch(manifest, Settings(max_batch=2, max_passes_per_call=1024)) <= 2
+    assert micro_batch(manifest, Settings(max_batch=32, max_passes_per_call=1)) == 1  # never 0
+
+
+def test_the_warm_up_and_the_batcher_use_the_bundles_micro_batch(make_bundle, start_client):
+    plain = make_bundle("plain")
+    probed = make_bundle("probed")  # its manifest says 255 probes: 256 passes per image
+    manifest = json.loads((probed / "manifest.json").read_text())
+    manifest["exporter"] = {"config": {"train_surrogate": {"probes": 255}}}
+    (probed / "manifest.json").write_text(json.dumps(manifest))
+    client = start_client(plain.parent, max_batch=8, max_passes_per_call=1024)
+    models = client.app.state.registry.models
+    assert models["plain"].max_batch == models["plain"].batcher.max_batch == 8
+    assert models["probed"].max_batch == models["probed"].batcher.max_batch == 4
+    assert post_image(client, solid(250), params={"model": "probed"}).status_code == 200
