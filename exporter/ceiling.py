@@ -15,9 +15,11 @@ Each surrogate is calibrated on the calibration images with the calibrate settin
 manifest records (`exporter.fidelity.fit_configured`) and scored on the evaluation and hold-out
 images with the evaluate stage's tables, so its figures read like a report's.
 
-Votes alone are the crudest use of K passes: a probe head also reads each probe's softmax, so at
-equal K it serves at least as close to Monte-Carlo as the vote rows (docs/results.md compares
-both), and the K a goal needs here is an upper bound on the probes it needs.
+Votes alone are the crudest use of K passes, and they are fresh draws here where a probe graph's
+are fixed: measured on sigma 0.25's real counts, the probe head served much closer than the
+vote rows at 16 probes (gap at r = 0: 6.8 points against 12.5) and about as close at 256 with
+half its output votes (3.3 against 2.4), and only a head serves the top of the range at small
+K (docs/results.md). So read a row as the order of the K a goal needs, not as a bound.
 """
 
 from __future__ import annotations
