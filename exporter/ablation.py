@@ -80,7 +80,7 @@ def recompute(bundle: Path) -> dict:
     manifest = read_manifest(bundle)
     meta = json.loads((bundle / ABLATION_JSON).read_text())
     calibrate = load_config(None, meta["calibrate_overrides"]).calibrate
-    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+    protocol = Protocol.of(manifest)
     sets = load_evidence(bundle / EVIDENCE)
     stored = np.load(bundle / ABLATION_NPZ)
     variants = []

@@ -25,7 +25,6 @@ K (docs/results.md). So read a row as the order of the K a goal needs, not as a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from accsmooth.bundle import EVIDENCE, read_manifest
-from exporter.config import CalibrateConfig, read_section
+from exporter.cli import print_and_save
+from exporter.config import CalibrateConfig, read_section, recorded
 from exporter.fidelity import Evidence, Protocol, fit_configured, load_evidence, tables
-from exporter.report import load_report
+from exporter.report import load_report, report_radii
 
 SETS = ("evaluation", "holdout")
 DEFAULT_VOTES = (16, 32, 64, 128, 256, 1024, 4096)
@@ -102,12 +102,10 @@ def ceiling(
 def for_bundle(bundle: Path, votes=DEFAULT_VOTES, seed: int = 0) -> list[dict]:
     """`ceiling` on a bundle's evidence, protocol, recorded calibrate settings and radii."""
     manifest = read_manifest(bundle)
-    recorded = ((manifest.exporter or {}).get("config") or {}).get("calibrate")
-    if recorded is None:
-        raise ValueError(f"{bundle}: its manifest records no exporter calibrate config")
-    calibrate = read_section(CalibrateConfig, recorded, f"{bundle}: calibrate")
-    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
-    radii = [float(r) for r in load_report(bundle)["certified_accuracy"]["monte_carlo"]]
+    made_with = recorded(manifest, "calibrate", bundle)
+    calibrate = read_section(CalibrateConfig, made_with, f"{bundle}: calibrate")
+    protocol = Protocol.of(manifest)
+    radii = report_radii(load_report(bundle))
     sets = load_evidence(bundle / EVIDENCE)
     return ceiling(sets, protocol, manifest.protocol.n0, calibrate, radii, votes, seed)
 
@@ -156,15 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.votes) < 1:
         parser.error("--votes must be positive")
-    try:
-        rows = for_bundle(args.bundle, tuple(args.votes), args.seed)
-    except (ValueError, OSError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(render(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    return 0
+    return print_and_save(
+        lambda: for_bundle(args.bundle, tuple(args.votes), args.seed),
+        render,
+        args.json,
+        errors=(ValueError, OSError, KeyError),
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ This is how bundles calibrated apart are compared on the same unseen images, suc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -31,9 +30,10 @@ import numpy as np
 from accsmooth.bundle import EVIDENCE, Manifest, read_manifest, sha256_of
 from exporter import data as data_stage
 from exporter.calibrate import surrogate_probabilities
-from exporter.config import DataConfig, read_section
+from exporter.cli import print_and_save
+from exporter.config import DataConfig, read_section, recorded
 from exporter.fidelity import Evidence, Protocol, load_evidence, tables
-from exporter.report import load_report
+from exporter.report import load_report, report_radii
 
 SETS = ("evaluation", "holdout")  # the calibration images are each bundle's own fitting data
 
@@ -52,9 +52,7 @@ def _ground_truth(bundle: Path, manifest: Manifest) -> dict:
 def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
     """{set name: Split} of the bundle's evaluation and hold-out images, read again with the data
     config its exporter recorded."""
-    made_with = ((manifest.exporter or {}).get("config") or {}).get("data")
-    if not made_with:
-        raise ValueError(f"{bundle}: its manifest records no exporter data config")
+    made_with = recorded(manifest, "data", bundle)
     if data_dir is not None:
         made_with = {**made_with, "root": str(data_dir)}
     cfg = read_section(DataConfig, made_with, f"{bundle}: data")
@@ -76,8 +74,8 @@ def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict
             raise ValueError(f"{b}: another {', '.join(bad)} than {source_dir}")
     evidence = load_evidence(source_dir / EVIDENCE)
     splits = image_sets(source_dir, source, data_dir)
-    protocol = Protocol(source.protocol.n, source.protocol.alpha, source.sigma)
-    radii = [float(r) for r in load_report(source_dir)["certified_accuracy"]["monte_carlo"]]
+    protocol = Protocol.of(source)
+    radii = report_radii(load_report(source_dir))
     out: dict[str, dict[str, dict]] = {}
     for b, m in manifests.items():
         out[m.name] = {}
@@ -127,15 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="ImageFolder root (default: the manifest's)")
     parser.add_argument("--json", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    try:
-        results = compare(args.bundles, args.data_dir)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(render(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
-    return 0
+    return print_and_save(lambda: compare(args.bundles, args.data_dir), render, args.json)
 
 
 if __name__ == "__main__":

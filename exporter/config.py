@@ -212,6 +212,14 @@ def _coerce(value, kind):
     return value
 
 
+def recorded(manifest, section: str, where) -> dict:
+    """The `section` table of the exporter config a bundle's manifest records."""
+    values = ((manifest.exporter or {}).get("config") or {}).get(section)
+    if not values:
+        raise ValueError(f"{where}: its manifest records no exporter {section} config")
+    return values
+
+
 def read_section(cls, values: dict, where: str):
     """One config section (a dataclass) from a TOML table or a recorded config dict; fields it
     lacks take their defaults, fields it does not know are an error naming them."""

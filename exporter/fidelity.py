@@ -55,6 +55,11 @@ class Protocol:
     alpha: float
     sigma: float
 
+    @classmethod
+    def of(cls, manifest) -> Protocol:
+        """The certification protocol a bundle's manifest records."""
+        return cls(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+
 
 def monte_carlo_certificates(counts0, counts, alpha: float, sigma: float):
     """`certify_from_counts` over many images at once: (class or -1, pABar, radius) per row of

@@ -288,6 +288,11 @@ def load_report(bundle: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def report_radii(report: dict) -> list[float]:
+    """The radii a report's tables are at, as numbers."""
+    return [float(r) for r in report["certified_accuracy"]["monte_carlo"]]
+
+
 def save_report(bundle: Path, report: dict) -> Path:
     path = bundle / REPORT_JSON
     path.write_text(json.dumps(report, indent=2) + "\n")

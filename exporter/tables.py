@@ -24,9 +24,9 @@ from accsmooth.bundle import EVIDENCE, read_manifest
 from accsmooth.smoothing import ShiftRule
 from exporter import ablation
 from exporter.ablation import ABLATION_JSON
-from exporter.config import CalibrateConfig, read_section
+from exporter.config import CalibrateConfig, read_section, recorded
 from exporter.fidelity import Protocol, fit_configured, load_evidence, tables
-from exporter.report import ablation_table, load_report
+from exporter.report import ablation_table, load_report, report_radii
 
 # the report.json keys that come from the evidence alone (speed and environment do not)
 RECOMPUTED = ("images", "certified_accuracy", "top1_agreement", "versus_monte_carlo")
@@ -35,9 +35,9 @@ RECOMPUTED = ("images", "certified_accuracy", "top1_agreement", "versus_monte_ca
 def recompute(bundle: Path) -> dict[str, dict]:
     """{image set: tables} for every set in the bundle's evidence."""
     manifest = read_manifest(bundle)
-    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+    protocol = Protocol.of(manifest)
     report = load_report(bundle)
-    radii = [float(r) for r in report["certified_accuracy"]["monte_carlo"]]
+    radii = report_radii(report)
     return {
         name: {k: v for k, v in tables(e, protocol, manifest.shift, radii).items() if k != "curves"}
         for name, e in load_evidence(bundle / EVIDENCE).items()
@@ -61,12 +61,12 @@ def refit_calibration(bundle: Path) -> float | ShiftRule:
     that field and fitted one shift on all of theirs) with the calibrate settings the manifest
     records."""
     manifest = read_manifest(bundle)
-    protocol = Protocol(manifest.protocol.n, manifest.protocol.alpha, manifest.sigma)
+    protocol = Protocol.of(manifest)
     cal = manifest.calibration
     images = (cal.model_extra or {}).get("images", cal.set_size)
     calib = load_evidence(bundle / EVIDENCE)["calibration"].subset(np.arange(images))
-    recorded = manifest.exporter["config"]["calibrate"]
-    c = read_section(CalibrateConfig, recorded, f"{bundle}: calibrate")
+    made_with = recorded(manifest, "calibrate", bundle)
+    c = read_section(CalibrateConfig, made_with, f"{bundle}: calibrate")
     return fit_configured(calib, protocol, c).rule
 
 
