@@ -111,6 +111,9 @@ class TrainSurrogateConfig:
     # MLP combines their votes and logits with the network's output. Costs K base passes.
     probes: int = 0
     probe_seed: int = 2026
+    # "float16" rounds the probe noise to float16 when it is drawn (the head trains on those
+    # values) and stores it so in the graph: half a probe graph's bytes, the same answers
+    probe_noise_dtype: str = "float32"
     # where the head's training features run the K probe passes: "torch" (the base network) or
     # "onnxruntime" (its exported graph, parity-checked against it: about 4x the rate on a CPU;
     # the features agree to float rounding, so the head is not bit-for-bit torch's)

@@ -105,6 +105,9 @@ def _to_onnx(net: torch.nn.Module, kind: str, out: Path, cfg: ExportConfig, shap
             opset_version=cfg.opset,
             dynamo=False,
         )
+    if isinstance(net, probes.ProbeSurrogate) and net.noise.dtype == torch.float16:
+        model = probes.store_noise_half(onnx.load(out), net.noise.float().numpy())
+        onnx.save(model, out)
 
 
 def parity(

@@ -18,6 +18,10 @@ probe surrogate is h. With a vote weight w > 0 the graph serves w * (vote shares
 softmax(logits) instead: at K = 256 the head alone reads the probes' votes less sharply than
 they measure p_A (its calibration shifts stay at 0.3-0.45), and half of each is what the
 calibration cross-fit prefers (docs/results.md); at K = 16 the votes are too coarse, and w = 0.
+The weight is one named constant of the graph (VOTE_WEIGHT), so `with_vote_weight` serves
+another mix from the same graph, and `exporter.vote_weight` scores the candidates on a bundle's
+calibration images. The noise may be drawn and stored in float16 (`store_noise_half`): half the
+graph's bytes, the same answers.
 It is still a deterministic function of x (the noise is a constant of the
 graph, the same for every request), so calibration and its guarantee apply unchanged, and the
 server serves it as any surrogate graph (`images` -> `probabilities`). It costs K passes of the
@@ -40,7 +44,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
@@ -51,16 +57,27 @@ from exporter.losses import censored_probit_cross_entropy
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 256  # clean images per forward pass when computing the training features
 GRAPH_BATCH = 1024  # noisy images per onnxruntime call (K probes of FEATURE_BATCH images: many)
+VOTE_WEIGHT = "vote_weight"  # the name of the mixing weight's initializer in a probe graph
+HALF_NOISE = "probe_noise_float16"  # the noise's initializer in a graph that stores it in float16
 
 
-def probe_noise(k: int, shape: tuple[int, ...], sigma: float, seed: int) -> np.ndarray:
+NOISE_DTYPES = ("float32", "float16")
+
+
+def probe_noise(
+    k: int, shape: tuple[int, ...], sigma: float, seed: int, dtype: str = "float32"
+) -> np.ndarray:
     """K fixed noise images N(0, sigma^2 I) of `shape` [C,H,W], in antithetic pairs: the second
-    half is the first half negated (an odd K keeps one unpaired draw last)."""
+    half is the first half negated (an odd K keeps one unpaired draw last). With `dtype`
+    "float16" each value is rounded to the nearest float16 (returned as float32): what a graph
+    storing the noise in half the bytes computes with, so the head trains on the same probes."""
     if k < 1:
         raise ValueError(f"probes must be at least 1, got {k}")
+    if dtype not in NOISE_DTYPES:
+        raise ValueError(f"probe noise dtype must be one of {NOISE_DTYPES}, not {dtype!r}")
     draws = np.random.default_rng(seed).standard_normal((k - k // 2, *shape)).astype(np.float32)
     paired = np.concatenate([draws[: k // 2], -draws[: k // 2], draws[k // 2 :]])
-    return np.float32(sigma) * paired
+    return (np.float32(sigma) * paired).astype(dtype).astype(np.float32)
 
 
 def features(surrogate_probs: torch.Tensor, probe_logits: torch.Tensor) -> torch.Tensor:
@@ -106,14 +123,13 @@ class ProbeHead(nn.Module):
         return feats[:, : self.num_classes] + self.mlp(feats)
 
 
-def served(head: ProbeHead, feats: torch.Tensor, vote_weight: float = 0.0) -> torch.Tensor:
+def served(head: ProbeHead, feats: torch.Tensor, vote_weight=0.0) -> torch.Tensor:
     """The probabilities the probe surrogate serves from `features` [B, 5C]: the head's, with
-    `vote_weight` of the probes' vote shares mixed in."""
+    `vote_weight` (a float or a 0-d tensor) of the probes' vote shares mixed in, as
+    probs + w * (votes - probs): w enters once, so a graph keeps it as one named constant."""
     probs = head(feats).softmax(1)
-    if not vote_weight:
-        return probs
     c = head.num_classes
-    return vote_weight * feats[:, 3 * c : 4 * c] + (1.0 - vote_weight) * probs
+    return probs + vote_weight * (feats[:, 3 * c : 4 * c] - probs)
 
 
 class ProbeSurrogate(nn.Module):
@@ -127,16 +143,20 @@ class ProbeSurrogate(nn.Module):
         noise: np.ndarray,
         head: ProbeHead,
         vote_weight: float = 0.0,
+        noise_dtype: str = "float32",
     ):
         super().__init__()
         self.surrogate, self.base, self.head = surrogate, base, head
-        self.vote_weight = float(vote_weight)
-        self.register_buffer("noise", torch.as_tensor(noise))
+        # buffers become the graph's initializers under these names: the noise in `noise_dtype`
+        # (cast to float32 in the graph), the weight as the one constant VOTE_WEIGHT that
+        # `with_vote_weight` sets in a graph without exporting it again
+        self.register_buffer("noise", torch.as_tensor(noise).to(getattr(torch, noise_dtype)))
+        self.register_buffer(VOTE_WEIGHT, torch.tensor(float(vote_weight)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.surrogate(x).softmax(1)
-        feats = features(probs, probe_logits(self.base, x, self.noise))
-        return served(self.head, feats, self.vote_weight)
+        feats = features(probs, probe_logits(self.base, x, self.noise.float()))
+        return served(self.head, feats, getattr(self, VOTE_WEIGHT))
 
 
 class GraphBase:
@@ -237,4 +257,60 @@ def from_checkpoint(surrogate: nn.Module, stored: dict) -> ProbeSurrogate:
     head.load_state_dict(stored["head"])
     noise = probe_noise(**stored["noise"])
     weight = stored.get("vote_weight", 0.0)  # heads stored before the weight existed: 0
-    return ProbeSurrogate(surrogate, base.eval(), noise, head.eval(), weight).eval()
+    dtype = stored["noise"].get("dtype", "float32")
+    return ProbeSurrogate(surrogate, base.eval(), noise, head.eval(), weight, dtype).eval()
+
+
+def graph_vote_weight(model: onnx.ModelProto) -> float | None:
+    """The vote weight a probe graph serves with, or None for a graph without the named
+    constant (not a probe graph, or exported before it had one)."""
+    for init in model.graph.initializer:
+        if init.name == VOTE_WEIGHT:
+            return float(numpy_helper.to_array(init))
+    return None
+
+
+def with_vote_weight(model: onnx.ModelProto, weight: float) -> onnx.ModelProto:
+    """A copy of the probe graph `model` serving with `weight`: only the VOTE_WEIGHT constant
+    changes, so every other byte of the computation is the one that was checked and timed."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"vote weight must be in [0, 1], not {weight}")
+    if graph_vote_weight(model) is None:
+        raise ValueError(f"the graph has no {VOTE_WEIGHT!r} constant to set")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, init in enumerate(out.graph.initializer):
+        if init.name == VOTE_WEIGHT:
+            value = np.asarray(weight, dtype=numpy_helper.to_array(init).dtype)
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, VOTE_WEIGHT))
+    return out
+
+
+def store_noise_half(model: onnx.ModelProto, noise: np.ndarray) -> onnx.ModelProto:
+    """`model` with its probe noise stored in float16 and cast to float32 in the graph, half the
+    bytes of a probe graph (7 of its 7.5 MB at K = 512). The exporter folds the noise into one
+    float32 constant; that constant (found by its values, `noise` [K,C,H,W] with any leading
+    1s) becomes a Cast of the float16 copy, so the graph computes exactly what it did, as long
+    as every value is a float16 (`probe_noise(..., dtype="float16")`); else ValueError."""
+    half = noise.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32), noise):
+        raise ValueError("the probe noise is not float16-exact: draw it with dtype='float16'")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, init in enumerate(out.graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) != noise.size:
+            continue
+        value = numpy_helper.to_array(init)
+        same = value.shape[-noise.ndim :] == noise.shape and np.array_equal(
+            value.ravel(), noise.ravel()
+        )
+        if not same:
+            continue
+        name = init.name
+        stored = numpy_helper.from_array(half.reshape(value.shape), HALF_NOISE)
+        del out.graph.initializer[i]
+        out.graph.initializer.append(stored)
+        cast = onnx.helper.make_node("Cast", [HALF_NOISE], [name], to=onnx.TensorProto.FLOAT)
+        out.graph.node.insert(0, cast)
+        return out
+    raise ValueError("no float32 constant in the graph holds the probe noise")

@@ -126,6 +126,8 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
         "epochs": c.head_epochs,
         "lr": c.head_lr,
     }
+    if c.probe_noise_dtype != "float32":  # heads trained before the setting existed still match
+        settings["noise_dtype"] = c.probe_noise_dtype
     if not 0.0 <= c.vote_weight <= 1.0:
         raise ValueError(f"train_surrogate.vote_weight must be in [0, 1], not {c.vote_weight}")
     stored = state.get("probe_head", {})
@@ -143,6 +145,7 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     network = models.from_state(state)
     shape = tuple(int(v) for v in images.shape[1:])
     noise_args = {"k": c.probes, "shape": shape, "sigma": cfg.bundle.sigma, "seed": c.probe_seed}
+    noise_args["dtype"] = c.probe_noise_dtype
     noise = probes.probe_noise(**noise_args)
     feats = probes.probe_features(network, base, noise, images, _probe_graph(c, work))
     _, fit_to = fit_to_targets(targets.load(work), "ce_probit_censored")

@@ -9,6 +9,8 @@ its targets drawn by the targets stage, the surrogate imported from an exported 
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -188,6 +190,20 @@ def test_the_stage_imports_a_surrogate_graph_trains_the_head_and_exports_it(tiny
     np.testing.assert_allclose(mixed, 0.5 * votes + 0.5 * expected.numpy(), atol=1e-6)
     np.testing.assert_allclose(mixed_graph, mixed, atol=1e-4)
     np.testing.assert_allclose(mixed_graph.sum(1), 1.0, atol=1e-5)
+    # the weight is one named constant of the graph: set there, the graph serves the new mix
+    graph = onnx.load(onnx_export.graph(work, "surrogate"))
+    assert probes.graph_vote_weight(graph) == 0.5
+    for weight, want in ((1.0, votes), (0.0, expected.numpy())):
+        changed = probes.with_vote_weight(graph, weight)
+        assert probes.graph_vote_weight(changed) == weight
+        session = ort.InferenceSession(changed.SerializeToString())
+        np.testing.assert_allclose(session.run(None, {"images": x})[0], want, atol=1e-4)
+    assert probes.graph_vote_weight(graph) == 0.5  # a copy: the graph itself unchanged
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        probes.with_vote_weight(graph, -0.1)
+    with pytest.raises(ValueError, match="no 'vote_weight'"):
+        probes.with_vote_weight(onnx.load(source), 0.5)
+    assert probes.graph_vote_weight(onnx.load(source)) is None
     bad = load_config(SMOKE, TINY_DATA + PROBES + ["train_surrogate.vote_weight=1.5"])
     with pytest.raises(ValueError, match="vote_weight"):
         train_surrogate.add_probe_head(bad, work, ckpt)
@@ -213,3 +229,56 @@ def test_fitting_the_head_lowers_its_loss_on_the_targets(tiny):
     )
     for a, b in zip(head.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)  # deterministic for a seed
+
+
+def test_float16_noise_is_what_the_head_trains_on_and_what_the_graph_stores(tiny, tmp_path):
+    full = probes.probe_noise(6, (3, 4, 4), 0.5, seed=7)
+    half = probes.probe_noise(6, (3, 4, 4), 0.5, seed=7, dtype="float16")
+    np.testing.assert_array_equal(half, half.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(half, full, rtol=1e-3, atol=1e-7)
+    np.testing.assert_array_equal(half[3:], -half[:3])  # still antithetic
+    assert not np.array_equal(half, full)
+    with pytest.raises(ValueError, match="dtype"):
+        probes.probe_noise(6, (3, 4, 4), 0.5, seed=7, dtype="int8")
+    # the stage: the head's noise drawn in float16, the graph holding it so, in int8 as served
+    cfg, work = tiny
+    source = tmp_path / "surrogate-graph.onnx"
+    onnx_export.export(
+        work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
+    )
+    settings = [f"train_surrogate.from_onnx={source}", "train_surrogate.vote_weight=0.25"]
+    settings += ["train_surrogate.probe_noise_dtype=float16", "export.int8_surrogate=true"]
+    # the one-epoch base's logits are all but flat (top two within 0.02), so int8 moves its
+    # votes wholesale: here quantization is checked to keep the float16 noise, and its accuracy
+    # where test_onnx_export checks it
+    settings += ["export.int8_max_disagreement=1.0"]
+    cfg16 = load_config(SMOKE, TINY_DATA + PROBES + settings)
+    ckpt = train_surrogate.run(cfg16, work)
+    assert torch.load(ckpt, weights_only=False)["probe_head"]["noise"]["dtype"] == "float16"
+    network = onnx_export.network(ckpt, "surrogate")
+    assert network.noise.dtype == torch.float16
+    np.testing.assert_array_equal(
+        network.noise.float().numpy(),
+        probes.probe_noise(4, (3, 32, 32), 0.25, cfg16.train_surrogate.probe_seed, "float16"),
+    )
+    path = onnx_export.run(cfg16, work, "surrogate")
+    graph = onnx.load(path)
+    stored = {i.name: i for i in graph.graph.initializer}
+    assert stored[probes.HALF_NOISE].data_type == onnx.TensorProto.FLOAT16
+    noise_size = 4 * 3 * 32 * 32
+    assert (
+        not [  # no float32 copy of the noise left beside it
+            i.name
+            for i in graph.graph.initializer
+            if i.data_type == onnx.TensorProto.FLOAT and int(np.prod(i.dims)) == noise_size
+        ]
+    )
+    assert probes.graph_vote_weight(graph) == 0.25
+    assert onnx_export.load_sidecar(work, "surrogate")["int8"]["images"] > 0
+    x = data.to_float(data.load(work).eval.images)
+    got = OnnxPredictor(make_session(path))(x)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    # a float32 graph would not do: its noise is not float16-exact
+    model = probes.ProbeSurrogate(network.surrogate, network.base, full, network.head).eval()
+    with pytest.raises(ValueError, match="float16"):
+        probes.store_noise_half(onnx.load(path), model.noise.numpy())
