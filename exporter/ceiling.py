@@ -112,6 +112,19 @@ def for_bundle(bundle: Path, votes=DEFAULT_VOTES, seed: int = 0) -> list[dict]:
 
 def render(rows: list[dict]) -> str:
     """A markdown table per scored set: served accuracy, its gap to Monte-Carlo, over-claims."""
+    return render_rows(
+        rows,
+        "surrogate",
+        lambda row: "exact frequencies" if row["votes"] is None else f"{row['votes']:,} votes",
+    )
+
+
+def render_rows(rows: list[dict], header: str, label, monte_carlo="Monte-Carlo drawn again") -> str:
+    """`render` for rows {"bins", "top_bin", "sets": {name: tables}} named by `label(row)` in a
+    first column headed `header`, the Monte-Carlo row's accuracy introduced as `monte_carlo`;
+    with a calibration cross-fit "score" column where rows carry one (None: one candidate rule,
+    nothing chosen)."""
+    scored = "score" in rows[0]
     out = []
     for name in rows[0]["sets"]:
         first = rows[0]["sets"][name]
@@ -119,11 +132,10 @@ def render(rows: list[dict]) -> str:
         mc_row = first["certified_accuracy"]["monte_carlo"].values()
         mc = " / ".join(f"{100 * v:.1f}" for v in mc_row)
         out += [
-            f"\n{name} ({first['images']} images), r = {' / '.join(radii)}; "
-            f"Monte-Carlo drawn again: {mc}",
-            "| surrogate | calibration bins | served | gap to Monte-Carlo "
-            "| over-estimation | top-1 |",
-            "|---|---|---|---|---|---|",
+            f"\n{name} ({first['images']} images), r = {' / '.join(radii)}; {monte_carlo}: {mc}",
+            f"| {header} | calibration bins |{' cross-fit score |' if scored else ''} served "
+            "| gap to Monte-Carlo | over-estimation | top-1 |",
+            "|---|---|---|---|---|---|" + ("---|" if scored else ""),
         ]
         for row in rows:
             t = row["sets"][name]
@@ -131,10 +143,11 @@ def render(rows: list[dict]) -> str:
             served = [ca["surrogate_calibrated"][r] for r in radii]
             gap = [ca["monte_carlo"][r] - s for r, s in zip(radii, served, strict=True)]
             over = t["versus_monte_carlo"]["surrogate_calibrated"]["overestimation_rate"]
-            who = "exact frequencies" if row["votes"] is None else f"{row['votes']:,} votes"
             bins = f"{row['bins']}" + ("" if row["top_bin"] is None else f"+top{row['top_bin']:g}")
+            if scored:
+                bins += " | -" if row["score"] is None else f" | {row['score']:.4f}"
             out.append(
-                f"| {who} | {bins} | {' / '.join(f'{100 * s:.1f}' for s in served)} "
+                f"| {label(row)} | {bins} | {' / '.join(f'{100 * s:.1f}' for s in served)} "
                 f"| {' / '.join(f'{100 * g:.1f}' for g in gap)} | {100 * over:.1f}% "
                 f"| {100 * t['top1_agreement']:.1f}% |"
             )

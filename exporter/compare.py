@@ -50,8 +50,8 @@ def _ground_truth(bundle: Path, manifest: Manifest) -> dict:
 
 
 def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
-    """{set name: Split} of the bundle's evaluation and hold-out images, read again with the data
-    config its exporter recorded."""
+    """{set name: Split} of the bundle's calibration, evaluation and hold-out images, read again
+    with the data config its exporter recorded."""
     made_with = recorded(manifest, "data", bundle)
     if data_dir is not None:
         made_with = {**made_with, "root": str(data_dir)}
@@ -59,7 +59,7 @@ def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         data_stage.prepare(cfg, Path(tmp))
         ds = data_stage.load(Path(tmp))
-    return {"evaluation": ds.eval, "holdout": ds.holdout}
+    return {"calibration": ds.calib, "evaluation": ds.eval, "holdout": ds.holdout}
 
 
 def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict[str, dict]]:

@@ -172,6 +172,11 @@ class RuleFit:
     empirical_violation_rate: float  # on those images
     uncalibrated_violation_rate: float  # of the raw rule, on every calibration image
 
+    @property
+    def score(self) -> float | None:
+        """The chosen rule's selection score (None when there was one candidate, no choice)."""
+        return self.selection.get(_candidate_name(self.bins, self.top))
+
 
 CROSS_FIT_REPEATS = 10  # seeded 2-fold splits averaged when choosing K by cross-fitting
 
