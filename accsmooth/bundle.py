@@ -99,6 +99,9 @@ class GraphSpec(_Frozen):
     input: str
     output: str
     opset: int | None = None
+    # network passes the graph makes per image: 1, or 1 + K for a probe surrogate that also runs
+    # the base on K noisy copies (None: not recorded, bundles made before the field existed)
+    passes_per_image: int | None = Field(default=None, gt=0)
 
 
 class Graphs(_Frozen):
@@ -138,8 +141,11 @@ class Manifest(_Frozen):
 
     @property
     def passes_per_image(self) -> int:
-        """Network passes the surrogate graph makes per image: 1, or 1 + K for a probe graph
-        (its exporter config's `train_surrogate.probes`), which runs the base on K noisy copies."""
+        """Network passes the surrogate graph makes per image: 1, or 1 + K for a probe graph,
+        which runs the base on K noisy copies. As its graph spec records it; for bundles made
+        before that field, from their exporter config's `train_surrogate.probes`."""
+        if self.graphs.surrogate.passes_per_image is not None:
+            return self.graphs.surrogate.passes_per_image
         config = (self.exporter or {}).get("config") or {}
         probes = (config.get("train_surrogate") or {}).get("probes") or 0
         return 1 + int(probes)

@@ -122,6 +122,8 @@ def run(cfg: Config, work: Path, out: Path) -> Path:
             "input": "images",
             "output": onnx_export.OUTPUT_NAMES[kind],
             "opset": opset,
+            # what a call costs the server (its micro-batch cap): a probe graph runs the base too
+            "passes_per_image": 1 + (cfg.train_surrogate.probes if kind == "surrogate" else 0),
         }
     manifest = {
         "format_version": FORMAT_VERSION,

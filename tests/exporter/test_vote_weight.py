@@ -49,6 +49,11 @@ def test_the_bundles_own_weight_scores_as_its_report_and_the_mixes_are_the_graph
     # w = 0 and w = 1: the head's probabilities and the 4 probes' vote shares
     manifest = read_manifest(probe_bundle)
     graph = onnx.load(probe_bundle / manifest.graphs.surrogate.file)
+    # the bundle stage records what the graph costs: the network and the 4 probes
+    assert (manifest.graphs.surrogate.passes_per_image, manifest.graphs.base.passes_per_image) == (
+        5,
+        1,
+    )
     images = image_sets(probe_bundle, manifest, None)["evaluation"].images
     head, votes = vote_weight.components(graph, images)
     np.testing.assert_allclose(head.sum(1), 1.0, atol=1e-5)

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from accsmooth.bundle import read_manifest
+from accsmooth.bundle import BundleError, read_manifest
 from server.http.app import create_app
 from server.placeholder import linear_graph
 from server.registry import micro_batch
@@ -161,3 +161,19 @@ def test_the_warm_up_and_the_batcher_use_the_bundles_micro_batch(make_bundle, st
     assert models["plain"].max_batch == models["plain"].batcher.max_batch == 8
     assert models["probed"].max_batch == models["probed"].batcher.max_batch == 4
     assert post_image(client, solid(250), params={"model": "probed"}).status_code == 200
+
+
+def test_the_graph_specs_passes_per_image_comes_before_the_exporter_config(make_bundle):
+    folder = make_bundle("recorded")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["exporter"] = {"config": {"train_surrogate": {"probes": 255}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(folder).passes_per_image == 256  # older bundles: the config's probes
+    manifest["graphs"]["surrogate"]["passes_per_image"] = 513
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert read_manifest(folder).passes_per_image == 513
+    assert micro_batch(read_manifest(folder), Settings(max_batch=32)) == 1
+    manifest["graphs"]["surrogate"]["passes_per_image"] = 0
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="passes_per_image"):
+        read_manifest(folder)
