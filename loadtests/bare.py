@@ -24,6 +24,7 @@ from accsmooth.bundle import read_manifest
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from loadtests.images import load_images
 from loadtests.serve import server_settings
+from server.settings import Settings
 
 SURROGATE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -75,7 +76,10 @@ def surrogate_rates(
     manifest = read_manifest(bundle)
     predict = OnnxPredictor(make_session(bundle / manifest.graphs.surrogate.file, options))
     images = image_tensor(64, manifest.input.shape)
-    rows = [time_calls(predict, _batch(images, b), seconds) for b in batches]
+    # only the batches the server would make: a probe graph's calls hold at most
+    # max_passes_per_call network passes (512 probes at batch 256 would need 40 GB)
+    cap = max(1, Settings().max_passes_per_call // manifest.passes_per_image)
+    rows = [time_calls(predict, _batch(images, b), seconds) for b in batches if b <= cap or b == 1]
     best = max(rows, key=lambda r: r["images_per_s"])
     return {
         "options": _describe(options),

@@ -143,6 +143,7 @@ def test_a_broken_bundle_is_named_by_the_bundle_never_by_its_path_on_disk(
         ("cifar10-sigma0.25-probes256", 3),
         ("cifar10-sigma0.25-probes512", 1),  # 513 passes, recorded in its graph spec
         ("cifar10-sigma0.5-probes512", 1),
+        ("cifar10-sigma1.0-probes512", 1),
     ],
 )
 def test_a_probe_bundles_micro_batches_hold_its_passes_per_call_not_its_images(bundle, images):
