@@ -24,7 +24,6 @@ from accsmooth.bundle import read_manifest
 from accsmooth.runtime import OnnxPredictor, RuntimeOptions, make_session
 from loadtests.images import load_images
 from loadtests.serve import server_settings
-from server.settings import Settings
 
 SURROGATE_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -70,16 +69,22 @@ def runtime_options(values: dict) -> RuntimeOptions:
 
 
 def surrogate_rates(
-    bundle: Path, options: RuntimeOptions, seconds: float = 2.0, batches=SURROGATE_BATCHES
+    bundle: Path,
+    options: RuntimeOptions,
+    seconds: float = 2.0,
+    batches=SURROGATE_BATCHES,
+    max_passes_per_call: int | None = None,
 ):
-    """The surrogate's rate at each batch size, with the server's fast-path session `options`."""
+    """The surrogate's rate at each batch size, with the server's fast-path session `options`;
+    with `max_passes_per_call` (the server's setting), only the batches the server would make:
+    a probe graph's calls hold at most that many network passes (batch 1 always runs)."""
     manifest = read_manifest(bundle)
     predict = OnnxPredictor(make_session(bundle / manifest.graphs.surrogate.file, options))
     images = image_tensor(64, manifest.input.shape)
-    # only the batches the server would make: a probe graph's calls hold at most
-    # max_passes_per_call network passes (512 probes at batch 256 would need 40 GB)
-    cap = max(1, Settings().max_passes_per_call // manifest.passes_per_image)
-    rows = [time_calls(predict, _batch(images, b), seconds) for b in batches if b <= cap or b == 1]
+    if max_passes_per_call is not None:  # 512 probes at batch 256 would need tens of GB
+        cap = max(1, max_passes_per_call // manifest.passes_per_image)
+        batches = [b for b in batches if b <= cap or b == 1]
+    rows = [time_calls(predict, _batch(images, b), seconds) for b in batches]
     best = max(rows, key=lambda r: r["images_per_s"])
     return {
         "options": _describe(options),
@@ -120,7 +125,12 @@ if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "models/cifar10-sigma0.25")
     server = server_settings({"ACCSMOOTH_PROVIDERS": "CPUExecutionProvider"})
     report = {
-        "surrogate": surrogate_rates(folder, runtime_options(server["fast_runtime"]), 1.0),
+        "surrogate": surrogate_rates(
+            folder,
+            runtime_options(server["fast_runtime"]),
+            1.0,
+            max_passes_per_call=server["settings"]["max_passes_per_call"],
+        ),
         "base": base_rates(folder, runtime_options(server["sampled_runtime"]), 256, 1.0),
     }
     print(json.dumps(report, indent=1))

@@ -207,7 +207,10 @@ def main(argv=None) -> None:
     print("bare onnxruntime ...", flush=True)
     bare_seconds = 0.5 if args.quick else 2.0
     report["bare_surrogate"] = bare.surrogate_rates(
-        bundle, bare.runtime_options(configured["fast_runtime"]), bare_seconds
+        bundle,
+        bare.runtime_options(configured["fast_runtime"]),
+        bare_seconds,
+        max_passes_per_call=settings["max_passes_per_call"],
     )
     report["bare_base"] = bare.base_rates(
         bundle,
