@@ -150,6 +150,11 @@ class Manifest(_Frozen):
         probes = (config.get("train_surrogate") or {}).get("probes") or 0
         return 1 + int(probes)
 
+    def images_within(self, passes: int) -> int:
+        """How many images a surrogate call may hold within `passes` network passes (one at the
+        least): what caps the server's micro-batches, and the batches a benchmark times."""
+        return max(1, passes // self.passes_per_image)
+
     @property
     def shift(self) -> float | ShiftRule:
         """The calibration subtracted from served bounds on the normal-quantile scale: one shift,

@@ -34,7 +34,7 @@ import numpy as np
 from accsmooth.bundle import EVIDENCE, read_manifest
 from exporter.cli import print_and_save
 from exporter.config import CalibrateConfig, read_section, recorded
-from exporter.fidelity import Evidence, Protocol, fit_configured, load_evidence, tables
+from exporter.fidelity import Evidence, Protocol, fit_and_score, load_evidence
 from exporter.report import load_report, report_radii
 
 SETS = ("evaluation", "holdout")
@@ -85,16 +85,7 @@ def ceiling(
             name: w.with_surrogate(w.p if k is None else vote_shares(w.p, k, rng))
             for name, w in worlds.items()
         }
-        fit = fit_configured(answers["calibration"], protocol, calibrate)
-        scored = {
-            name: {
-                key: v
-                for key, v in tables(answers[name], protocol, fit.rule, radii).items()
-                if key != "curves"
-            }
-            for name in SETS
-            if name in answers and len(answers[name])
-        }
+        fit, scored = fit_and_score(answers, protocol, calibrate, radii, SETS)
         rows.append({"votes": k, "bins": fit.bins, "top_bin": fit.top, "sets": scored})
     return rows
 

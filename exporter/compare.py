@@ -32,7 +32,7 @@ from exporter import data as data_stage
 from exporter.calibrate import surrogate_probabilities
 from exporter.cli import print_and_save
 from exporter.config import DataConfig, read_section, recorded
-from exporter.fidelity import Evidence, Protocol, load_evidence, tables
+from exporter.fidelity import Evidence, Protocol, load_evidence, summary_tables
 from exporter.report import load_report, report_radii
 
 SETS = ("evaluation", "holdout")  # the calibration images are each bundle's own fitting data
@@ -62,6 +62,19 @@ def image_sets(bundle: Path, manifest: Manifest, data_dir: Path | None) -> dict:
     return {"calibration": ds.calib, "evaluation": ds.eval, "holdout": ds.holdout}
 
 
+def check_read_again(bundle: Path, name: str, e: Evidence, labels, probs) -> None:
+    """ValueError unless the `name` images read again (`labels`, and the bundle's surrogate
+    answering `probs` on them) are the ones its evidence `e` was made on."""
+    if not np.array_equal(labels, e.labels):
+        raise ValueError(f"{bundle}: its {name} images read again have other labels")
+    if not np.allclose(probs, e.probs, atol=1e-4):
+        # its own graph must answer as the evidence says, or these are other images
+        raise ValueError(
+            f"{bundle}: its {name} images read again are not the ones its evidence was made "
+            "on (its surrogate answers otherwise)"
+        )
+
+
 def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict[str, dict]]:
     """{bundle name: {set name: tables}} on the first bundle's evidence."""
     source_dir, *_ = bundles
@@ -83,17 +96,11 @@ def compare(bundles: list[Path], data_dir: Path | None = None) -> dict[str, dict
             e, split = evidence.get(name), splits[name]
             if e is None or not len(e.labels):
                 continue
-            if not np.array_equal(split.labels, e.labels):
-                raise ValueError(f"{source_dir}: its {name} images read again have other labels")
             probs = surrogate_probabilities(b / m.graphs.surrogate.file, split.images)
-            if b == source_dir and not np.allclose(probs, e.probs, atol=1e-4):
-                # its own graph must answer as the evidence says, or these are other images
-                raise ValueError(
-                    f"{source_dir}: its {name} images read again are not the ones "
-                    "its evidence was made on (its surrogate answers otherwise)"
-                )
-            t = tables(Evidence(e.labels, e.counts0, e.counts, probs), protocol, m.shift, radii)
-            out[m.name][name] = {k: v for k, v in t.items() if k != "curves"}
+            if b == source_dir:  # the first bundle: the same images for every other one
+                check_read_again(source_dir, name, e, split.labels, probs)
+            answers = Evidence(e.labels, e.counts0, e.counts, probs)
+            out[m.name][name] = summary_tables(answers, protocol, m.shift, radii)
     return out
 
 

@@ -264,6 +264,19 @@ def fit_configured(calib: Evidence, p: Protocol, c) -> RuleFit:
     )
 
 
+def fit_and_score(
+    sets: dict[str, Evidence], p: Protocol, c, radii, scored=("evaluation", "holdout")
+) -> tuple[RuleFit, dict[str, dict]]:
+    """The rule `fit_configured` chooses on `sets["calibration"]` with the calibrate settings
+    `c`, and `summary_tables` under it for each set of `scored` that has images."""
+    fit = fit_configured(sets["calibration"], p, c)
+    return fit, {
+        name: summary_tables(sets[name], p, fit.rule, radii)
+        for name in scored
+        if name in sets and len(sets[name])
+    }
+
+
 def compare(served, mc) -> dict:
     """Certificate-level agreement of a served rule (pred, radius) with Monte-Carlo's."""
     (pred, rad), (mc_pred, mc_rad) = served, mc
@@ -302,3 +315,8 @@ def tables(e: Evidence, p: Protocol, rule: float | ShiftRule, radii) -> dict:
         },
         "curves": methods,
     }
+
+
+def summary_tables(e: Evidence, p: Protocol, rule: float | ShiftRule, radii) -> dict:
+    """`tables` without the per-image curves: what reports and the evidence commands keep."""
+    return {k: v for k, v in tables(e, p, rule, radii).items() if k != "curves"}

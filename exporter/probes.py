@@ -275,15 +275,14 @@ def with_vote_weight(model: onnx.ModelProto, weight: float) -> onnx.ModelProto:
     changes, so every other byte of the computation is the one that was checked and timed."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"vote weight must be in [0, 1], not {weight}")
-    if graph_vote_weight(model) is None:
-        raise ValueError(f"the graph has no {VOTE_WEIGHT!r} constant to set")
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    for i, init in enumerate(out.graph.initializer):
+    for init in out.graph.initializer:
         if init.name == VOTE_WEIGHT:
             value = np.asarray(weight, dtype=numpy_helper.to_array(init).dtype)
-            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, VOTE_WEIGHT))
-    return out
+            init.CopyFrom(numpy_helper.from_array(value, VOTE_WEIGHT))
+            return out
+    raise ValueError(f"the graph has no {VOTE_WEIGHT!r} constant to set")
 
 
 def store_noise_half(model: onnx.ModelProto, noise: np.ndarray) -> onnx.ModelProto:

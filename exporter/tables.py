@@ -25,7 +25,7 @@ from accsmooth.smoothing import ShiftRule
 from exporter import ablation
 from exporter.ablation import ABLATION_JSON
 from exporter.config import CalibrateConfig, read_section, recorded
-from exporter.fidelity import Protocol, fit_configured, load_evidence, tables
+from exporter.fidelity import Protocol, fit_configured, load_evidence, summary_tables
 from exporter.report import ablation_table, load_report, report_radii
 
 # the report.json keys that come from the evidence alone (speed and environment do not)
@@ -39,7 +39,7 @@ def recompute(bundle: Path) -> dict[str, dict]:
     report = load_report(bundle)
     radii = report_radii(report)
     return {
-        name: {k: v for k, v in tables(e, protocol, manifest.shift, radii).items() if k != "curves"}
+        name: summary_tables(e, protocol, manifest.shift, radii)
         for name, e in load_evidence(bundle / EVIDENCE).items()
     }
 

@@ -145,7 +145,7 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     network = models.from_state(state)
     shape = tuple(int(v) for v in images.shape[1:])
     noise_args = {"k": c.probes, "shape": shape, "sigma": cfg.bundle.sigma, "seed": c.probe_seed}
-    noise_args["dtype"] = c.probe_noise_dtype
+    noise_args |= {"dtype": c.probe_noise_dtype}
     noise = probes.probe_noise(**noise_args)
     feats = probes.probe_features(network, base, noise, images, _probe_graph(c, work))
     _, fit_to = fit_to_targets(targets.load(work), "ce_probit_censored")

@@ -34,13 +34,12 @@ from exporter import probes
 from exporter.calibrate import surrogate_probabilities
 from exporter.ceiling import render_rows
 from exporter.cli import print_and_save
-from exporter.compare import image_sets
+from exporter.compare import check_read_again, image_sets
 from exporter.config import CalibrateConfig, read_section, recorded
-from exporter.fidelity import Evidence, Protocol, fit_configured, load_evidence, tables
+from exporter.fidelity import Evidence, Protocol, fit_and_score, load_evidence
 from exporter.report import load_report, report_radii
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SCORED = ("evaluation", "holdout")
 
 
 def components(graph: onnx.ModelProto, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,15 +77,8 @@ def weigh(bundle: Path, weights=DEFAULT_WEIGHTS, data_dir: Path | None = None) -
     for name, e in evidence.items():
         if not len(e.labels):
             continue
-        split = splits[name]
-        if not np.array_equal(split.labels, e.labels):
-            raise ValueError(f"{bundle}: its {name} images read again have other labels")
-        head, votes = components(graph, split.images)
-        if not np.allclose(mixed(head, votes, own), e.probs, atol=1e-4):
-            raise ValueError(
-                f"{bundle}: its {name} images read again are not the ones its evidence was "
-                "made on (its surrogate answers otherwise)"
-            )
+        head, votes = components(graph, splits[name].images)
+        check_read_again(bundle, name, e, splits[name].labels, mixed(head, votes, own))
         parts[name] = (e, head, votes)
     rows = []
     for weight in weights:
@@ -94,16 +86,7 @@ def weigh(bundle: Path, weights=DEFAULT_WEIGHTS, data_dir: Path | None = None) -
             name: Evidence(e.labels, e.counts0, e.counts, mixed(head, votes, weight))
             for name, (e, head, votes) in parts.items()
         }
-        fit = fit_configured(sets["calibration"], protocol, calibrate)
-        scored = {
-            name: {
-                k: v
-                for k, v in tables(sets[name], protocol, fit.rule, radii).items()
-                if k != "curves"
-            }
-            for name in SCORED
-            if name in sets
-        }
+        fit, scored = fit_and_score(sets, protocol, calibrate, radii)
         rows.append(
             {
                 "vote_weight": weight,

@@ -82,8 +82,8 @@ def surrogate_rates(
     predict = OnnxPredictor(make_session(bundle / manifest.graphs.surrogate.file, options))
     images = image_tensor(64, manifest.input.shape)
     if max_passes_per_call is not None:  # 512 probes at batch 256 would need tens of GB
-        cap = max(1, max_passes_per_call // manifest.passes_per_image)
-        batches = [b for b in batches if b <= cap or b == 1]
+        cap = manifest.images_within(max_passes_per_call)
+        batches = [b for b in batches if b <= cap]
     rows = [time_calls(predict, _batch(images, b), seconds) for b in batches]
     best = max(rows, key=lambda r: r["images_per_s"])
     return {

@@ -129,8 +129,7 @@ def _load(folder: Path, settings: Settings) -> LoadedModel:
 def micro_batch(manifest: Manifest, settings: Settings) -> int:
     """Images per surrogate call for this bundle: `max_batch`, fewer where a probe graph's
     images would pass `max_passes_per_call` network passes (one image at the least)."""
-    fits = settings.max_passes_per_call // manifest.passes_per_image
-    return max(1, min(settings.max_batch, fits))
+    return min(settings.max_batch, manifest.images_within(settings.max_passes_per_call))
 
 
 def _warm_up(model: LoadedModel, max_batch: int) -> None:
