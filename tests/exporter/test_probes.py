@@ -8,6 +8,8 @@ its targets drawn by the targets stage, the surrogate imported from an exported 
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -207,6 +209,43 @@ def test_the_stage_imports_a_surrogate_graph_trains_the_head_and_exports_it(tiny
     bad = load_config(SMOKE, TINY_DATA + PROBES + ["train_surrogate.vote_weight=1.5"])
     with pytest.raises(ValueError, match="vote_weight"):
         train_surrogate.add_probe_head(bad, work, ckpt)
+
+
+def test_the_heads_features_are_kept_and_reused_only_for_the_same_networks_and_probes(
+    tiny, tmp_path
+):
+    cfg, shared = tiny
+    work = tmp_path / "work"
+    shutil.copytree(shared, work)
+    for name in (train_surrogate.CHECKPOINT, train_surrogate.PROBE_FEATURES):
+        (work / name).unlink(missing_ok=True)
+    source = tmp_path / "surrogate-graph.onnx"
+    onnx_export.export(
+        work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
+    )
+    imported = PROBES + [f"train_surrogate.from_onnx={source}"]
+    ckpt = train_surrogate.run(load_config(SMOKE, TINY_DATA + imported), work)
+    cache = work / train_surrogate.PROBE_FEATURES
+    kept = torch.load(cache, weights_only=False)
+    stored = torch.load(ckpt, weights_only=False)["probe_head"]
+    images = targets.labelled_images(work, data.load(work).train.images)
+    noise = probes.probe_noise(**stored["noise"])
+    surrogate, base = models.from_checkpoint(ckpt), train_base.network(work)
+    expected = probes.probe_features(surrogate, base, noise, images)
+    torch.testing.assert_close(kept["features"], expected)
+    # another head over the same probes: trained again, on the kept features
+    before = cache.stat().st_mtime_ns
+    longer = load_config(SMOKE, TINY_DATA + imported + ["train_surrogate.head_epochs=5"])
+    train_surrogate.run(longer, work)
+    assert cache.stat().st_mtime_ns == before
+    again = torch.load(ckpt, weights_only=False)["probe_head"]
+    assert not all(torch.equal(v, again["head"][k]) for k, v in stored["head"].items())
+    # other probes: the features are computed again, for them
+    reseeded = imported + ["train_surrogate.probe_seed=99"]
+    train_surrogate.run(load_config(SMOKE, TINY_DATA + reseeded), work)
+    now = torch.load(cache, weights_only=False)
+    assert now["key"]["noise"]["seed"] == 99
+    assert not torch.equal(now["features"], kept["features"])
 
 
 def test_fitting_the_head_lowers_its_loss_on_the_targets(tiny):
