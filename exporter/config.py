@@ -124,6 +124,8 @@ class TrainSurrogateConfig:
     head_hidden: int = 256  # units in each of the head's two hidden layers
     head_epochs: int = 30  # passes over the training images' features (computed once)
     head_lr: float = 2e-3  # peak learning rate of AdamW's one-cycle schedule
+    # heads trained alike from seeds seed, seed + 1, ...; the graph serves their mean probabilities
+    head_count: int = 1
 
 
 @dataclass(frozen=True)

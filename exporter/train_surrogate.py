@@ -130,6 +130,8 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     }
     if c.probe_noise_dtype != "float32":  # heads trained before the setting existed still match
         settings["noise_dtype"] = c.probe_noise_dtype
+    if c.head_count != 1:  # likewise
+        settings["heads"] = c.head_count
     if not 0.0 <= c.vote_weight <= 1.0:
         raise ValueError(f"train_surrogate.vote_weight must be in [0, 1], not {c.vote_weight}")
     stored = state.get("probe_head", {})
@@ -150,9 +152,10 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     noise_args |= {"dtype": c.probe_noise_dtype}
     feats = _head_features(work, network, base, noise_args, images, _probe_graph(c, work))
     _, fit_to = fit_to_targets(targets.load(work), "ce_probit_censored")
-    head = probes.fit_head(
+    head = probes.fit_heads(
         feats,
         fit_to,
+        count=c.head_count,
         hidden=c.head_hidden,
         epochs=c.head_epochs,
         lr=c.head_lr,

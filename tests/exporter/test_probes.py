@@ -248,6 +248,49 @@ def test_the_heads_features_are_kept_and_reused_only_for_the_same_networks_and_p
     assert not torch.equal(now["features"], kept["features"])
 
 
+def test_several_heads_serve_the_mean_of_their_probabilities_in_torch_and_in_the_graph(
+    tiny, tmp_path
+):
+    cfg, shared = tiny
+    work = tmp_path / "work"
+    shutil.copytree(shared, work)
+    (work / train_surrogate.CHECKPOINT).unlink(missing_ok=True)
+    source = tmp_path / "surrogate-graph.onnx"
+    onnx_export.export(
+        work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
+    )
+    settings = [f"train_surrogate.from_onnx={source}", "train_surrogate.vote_weight=0.5"]
+    three = load_config(SMOKE, TINY_DATA + PROBES + settings + ["train_surrogate.head_count=3"])
+    ckpt = train_surrogate.run(three, work)
+    stored = torch.load(ckpt, weights_only=False)["probe_head"]
+    assert stored["heads"] == 3 and stored["settings"]["heads"] == 3
+    network = onnx_export.network(ckpt, "surrogate")
+    assert isinstance(network.head, probes.HeadMean) and len(network.head.heads) == 3
+    x = torch.as_tensor(data.to_float(data.load(work).eval.images))
+    with torch.no_grad():
+        feats = probes.features(
+            network.surrogate(x).softmax(1), probes.probe_logits(network.base, x, network.noise)
+        )
+        each = [h(feats).softmax(1) for h in network.head.heads]
+        served = network(x).numpy()
+    # three heads from seeds seed, seed + 1, seed + 2: each its own, and the first is the one
+    # head the stage trains with head_count = 1
+    assert all(not torch.allclose(a, b) for a, b in zip(each, each[1:], strict=False))
+    mean = torch.stack(each).mean(0)
+    np.testing.assert_allclose(served, (mean + 0.5 * (feats[:, 30:40] - mean)).numpy(), atol=1e-6)
+    one = load_config(SMOKE, TINY_DATA + PROBES + settings)
+    single = onnx_export.network(train_surrogate.run(one, work), "surrogate")
+    assert isinstance(single.head, probes.ProbeHead)
+    for a, b in zip(single.head.parameters(), network.head.heads[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    # the graph serves what the torch network does
+    train_surrogate.run(three, work)
+    graph = OnnxPredictor(make_session(onnx_export.run(three, work, "surrogate")))
+    np.testing.assert_allclose(graph(x.numpy()), served, atol=1e-4)
+    with pytest.raises(ValueError, match="at least 1"):
+        probes.fit_heads(feats, feats, count=0, seed=0, hidden=4, epochs=1, lr=1e-3)
+
+
 def test_fitting_the_head_lowers_its_loss_on_the_targets(tiny):
     _, work = tiny
     surrogate, base = _networks(work)
