@@ -54,7 +54,11 @@ def server(models_dir: Path, tmp_path: Path):
         "ACCSMOOTH_PROVIDERS": "CPUExecutionProvider",
         "ACCSMOOTH_INTRA_OP_THREADS": "1",
     }
-    args = ["--port", str(port), "--workers", "2", "--models-dir", str(models_dir)]
+    workers = 2
+    args = ["--port", str(port), "--workers", str(workers), "--models-dir", str(models_dir)]
+    # /readyz answers from whichever worker takes the connection: ready only once every worker
+    # has logged every bundle ready, or a request may land on one still loading (a busy machine)
+    bundles = len(list(models_dir.glob("*/manifest.json")))
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "server", *args], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -64,8 +68,12 @@ def server(models_dir: Path, tmp_path: Path):
     try:
         while time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "server.log").read_text()
+            loaded = (tmp_path / "server.log").read_text().count(" ready: surrogate on ")
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if (
+                    loaded >= workers * bundles
+                    and httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+                ):
                     break
             except httpx.TransportError:
                 pass
