@@ -27,6 +27,7 @@ import torch
 from accsmooth.bundle import sha256_of
 from exporter import data as data_stage
 from exporter import models, onnx_export, probes, targets, torch_work, train_base
+from exporter.certify_images import images_digest
 from exporter.config import Config
 from exporter.losses import LOSSES, WITH_DRAW_COUNTS, js_divergence
 from exporter.training import (
@@ -177,12 +178,10 @@ def _head_features(work: Path, network, base, noise_args: dict, images, graph: P
     so a head trained again with other settings does not run the K probe passes again (26 min
     for 49,500 images at K = 512 on the 2-core VM)."""
     key = {
-        "network": _digest(
-            t.detach().cpu().numpy().tobytes() for t in network.state_dict().values()
-        ),
-        "base": _digest(t.detach().cpu().numpy().tobytes() for t in base.state_dict().values()),
+        "network": _weights_digest(network),
+        "base": _weights_digest(base),
         "noise": noise_args,
-        "images": _digest([np.ascontiguousarray(images).tobytes()]),
+        "images": images_digest(images),
     }
     path = work / PROBE_FEATURES
     if path.exists():
@@ -196,10 +195,11 @@ def _head_features(work: Path, network, base, noise_args: dict, images, graph: P
     return feats
 
 
-def _digest(chunks) -> str:
+def _weights_digest(network: torch.nn.Module) -> str:
+    """sha256 over the bytes of every tensor of `network`'s state, in its order."""
     h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
+    for tensor in network.state_dict().values():
+        h.update(tensor.detach().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
