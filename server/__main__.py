@@ -12,8 +12,9 @@ Every option is also an ACCSMOOTH_* environment variable (see `server.settings`)
 here win and are passed to the workers through the environment. With more than one
 worker, Prometheus metrics live in PROMETHEUS_MULTIPROC_DIR (a fresh temporary folder unless
 you set one; stale files from an earlier run are removed), so /metrics is whole whichever
-worker answers the scrape. This module imports nothing that imports prometheus_client before
-that variable is set.
+worker answers the scrape; likewise each worker marks itself ready in a fresh
+ACCSMOOTH_READY_DIR, so /readyz is 200 only once every worker is (`server.readiness`). This
+module imports nothing that imports prometheus_client before that variable is set.
 """
 
 from __future__ import annotations
@@ -103,6 +104,21 @@ def prepare_multiprocess_dir(workers: int) -> str | None:
     return folder
 
 
+def prepare_ready_dir(workers: int) -> str | None:
+    """With several workers, a fresh ACCSMOOTH_READY_DIR where each marks itself ready, so that
+    /readyz, whichever worker answers it, is 200 only once all are (`server.readiness`);
+    returns the folder (to delete at exit), None with one worker."""
+    os.environ.pop("ACCSMOOTH_READY_DIR", None)  # never another server's
+    if workers <= 1:
+        return None
+    from server import readiness
+
+    folder = tempfile.mkdtemp(prefix="accsmooth-ready-")
+    readiness.prepare(Path(folder), workers)
+    os.environ["ACCSMOOTH_READY_DIR"] = folder
+    return folder
+
+
 # uvicorn's supervisor pings every worker and replaces one that has not answered within
 # `timeout_worker_healthcheck` seconds, 5 by default. A worker that imports onnxruntime and
 # loads its bundles on a busy or CPU-throttled host (a container with --cpus=1) can take longer
@@ -136,7 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["ACCSMOOTH_DEFAULT_MODEL"] = args.default_model
     if args.log_level:
         os.environ["ACCSMOOTH_LOG_LEVEL"] = args.log_level
-    created = prepare_multiprocess_dir(args.workers)
+    created = {
+        "PROMETHEUS_MULTIPROC_DIR": prepare_multiprocess_dir(args.workers),
+        "ACCSMOOTH_READY_DIR": prepare_ready_dir(args.workers),
+    }
     import uvicorn  # after the environment is final: workers inherit it
 
     from server.settings import Settings
@@ -158,9 +177,11 @@ def main(argv: list[str] | None = None) -> None:
             timeout_graceful_shutdown=settings.graceful_timeout_s + SHUTDOWN_BACKSTOP_SECONDS,
             **supervisor_options(),
         )
-    finally:
-        if created:
-            shutil.rmtree(created, ignore_errors=True)
+    finally:  # the folders this run made go, and so do the variables naming them
+        for variable, folder in created.items():
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+                os.environ.pop(variable, None)
 
 
 if __name__ == "__main__":

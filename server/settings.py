@@ -137,6 +137,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # set by `python -m server` for its workers when it starts several (server.readiness)
+    ready_dir: Path | None = Field(
+        None, description="folder where each worker marks itself ready (set by python -m server)"
+    )
+
     @field_validator("api_key")
     @classmethod
     def _empty_key_means_none(cls, value: SecretStr | None) -> SecretStr | None:

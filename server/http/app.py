@@ -5,7 +5,8 @@
 
 Startup (lifespan): the sampled pool, the shadow auditor, the hybrid fallback pool and the image
 decoder are created, the SIGTERM drain is armed (`server.lifecycle`) and bundles load in the
-background, so /livez answers at once and /readyz turns 200 when every bundle is warmed up.
+background, so /livez answers at once and /readyz turns 200 when every bundle is warmed up (in
+every worker: `server.readiness`).
 Every domain error is answered by one handler, through the status table in `server.http.errors`; a
 client that hung up mid-request is answered 499 (for the metrics) and logged in one line.
 """
@@ -37,6 +38,7 @@ from server.http.middleware import AdmissionLimit, BodyDeadline, BodyLimit, Http
 from server.http.routes import certify, docs, health, models, oip, shadow_audits, web
 from server.images.decoder import Decoder
 from server.lifecycle import Drain
+from server.readiness import WorkerReadiness
 from server.registry import ModelRegistry
 from server.sampled.hybrid import fallback_pool
 from server.sampled.pool import SampledPool
@@ -44,6 +46,13 @@ from server.settings import Settings
 from server.shadow.auditor import ShadowAuditor
 
 log = logging.getLogger(__name__)
+
+
+async def _load(registry: ModelRegistry, readiness: WorkerReadiness) -> None:
+    """Load the bundles; once all are ready, say so to the other workers."""
+    await registry.load()
+    if registry.ready():
+        readiness.mark_ready()
 
 
 @asynccontextmanager
@@ -61,12 +70,13 @@ async def lifespan(app: FastAPI):
     drain: Drain = app.state.drain
     drain.start(app.state.sampled, app.state.hybrid)
     drain.install_signal_handlers()
-    loading = asyncio.create_task(registry.load(), name="load-bundles")
+    loading = asyncio.create_task(_load(registry, app.state.readiness), name="load-bundles")
     app.state.loading = loading
     try:
         yield
     finally:
         drain.remove_signal_handlers()
+        app.state.readiness.withdraw()
         loading.cancel()
         await asyncio.gather(loading, return_exceptions=True)
         await registry.close()
@@ -163,6 +173,7 @@ def create_app(settings: Settings) -> AccsmoothApp:
     app.state.settings = settings
     app.state.registry = ModelRegistry(settings)
     app.state.drain = Drain(settings.graceful_timeout_s)
+    app.state.readiness = WorkerReadiness(settings.ready_dir)
     install_error_handlers(app)
     routers = (certify, models, shadow_audits, health, oip, web, docs)
     for module in routers:

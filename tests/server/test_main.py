@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from server.__main__ import (
     main,
     parse_args,
     prepare_multiprocess_dir,
+    prepare_ready_dir,
     supervisor_options,
     usable_cpus,
 )
+from server.readiness import WorkerReadiness
 from tests.server.helpers import solid
 
 
@@ -56,8 +59,9 @@ def server(models_dir: Path, tmp_path: Path):
     }
     workers = 2
     args = ["--port", str(port), "--workers", str(workers), "--models-dir", str(models_dir)]
-    # /readyz answers from whichever worker takes the connection: ready only once every worker
-    # has logged every bundle ready, or a request may land on one still loading (a busy machine)
+    # /readyz answers from whichever worker takes the connection, and is 200 only once every
+    # worker has its bundles ready (server.readiness): on a busy machine a request might
+    # otherwise land on one still loading
     bundles = len(list(models_dir.glob("*/manifest.json")))
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
@@ -68,18 +72,16 @@ def server(models_dir: Path, tmp_path: Path):
     try:
         while time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "server.log").read_text()
-            loaded = (tmp_path / "server.log").read_text().count(" ready: surrogate on ")
             try:
-                if (
-                    loaded >= workers * bundles
-                    and httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-                ):
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
         else:
             pytest.fail("server did not become ready:\n" + (tmp_path / "server.log").read_text())
+        loaded = (tmp_path / "server.log").read_text().count(" ready: surrogate on ")
+        assert loaded == workers * bundles  # the first 200 came once both workers had loaded
         yield base, prom
     finally:
         process.terminate()
@@ -134,6 +136,19 @@ def test_several_workers_get_a_fresh_metrics_folder(monkeypatch):
         os.rmdir(folder)
 
 
+def test_several_workers_get_a_fresh_readiness_folder(monkeypatch):
+    monkeypatch.setenv("ACCSMOOTH_READY_DIR", "/an/earlier/servers/folder")  # restored after
+    assert prepare_ready_dir(1) is None and "ACCSMOOTH_READY_DIR" not in os.environ
+    folder = prepare_ready_dir(3)
+    try:
+        assert folder and os.environ["ACCSMOOTH_READY_DIR"] == folder
+        assert WorkerReadiness(Path(folder)).missing() == (
+            "0 of 3 worker processes have their bundles ready"
+        )
+    finally:
+        shutil.rmtree(folder)
+
+
 def test_workers_get_a_minute_to_answer_uvicorns_health_check(monkeypatch):
     """uvicorn's default 5 s killed and respawned workers for ever on a busy host (found by
     tests/docker's integration test with every process 8 s slower: 10 deaths a minute)."""
@@ -141,7 +156,11 @@ def test_workers_get_a_minute_to_answer_uvicorns_health_check(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
-    main(["--port", str(free_port())])
+    for variable in ("PROMETHEUS_MULTIPROC_DIR", "ACCSMOOTH_READY_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    main(["--port", str(free_port()), "--workers", "2"])
+    # the folders it made for its workers are gone, and so are the variables naming them
+    assert "ACCSMOOTH_READY_DIR" not in os.environ and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
         assert seen["timeout_worker_healthcheck"] == WORKER_HEALTHCHECK_SECONDS >= 30
     else:  # uvicorn < 0.37 has no such option (and a fixed 5 s): pass nothing it would refuse

@@ -1,9 +1,10 @@
 """Liveness, readiness (ours and the Open Inference Protocol's) and the Prometheus scrape.
 
 Each answers HEAD as well as GET (load balancers and probes often send HEAD).
-Live: the process answers. Ready: every bundle is loaded and warmed up and the server is not
-draining after SIGTERM; otherwise 503 with the reason (which bundle, which file, what is wrong)
-in the usual error body.
+Live: the process answers. Ready: every bundle is loaded and warmed up, in every worker process
+(`server.readiness`), and the server is not draining after SIGTERM; otherwise 503 with the
+reason (which bundle, which file, what is wrong, how many workers are ready) in the usual error
+body.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ def _not_ready(registry, reason: str | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=503)
 
 
-def _draining(request: Request) -> bool:
-    return request.app.state.drain.draining
+def _unready(request: Request, registry) -> JSONResponse | None:
+    """The 503 that /readyz and the OIP readiness answer, None when the server is ready:
+    draining after SIGTERM, this worker's bundles not all ready, or another worker's."""
+    if request.app.state.drain.draining:
+        return _not_ready(registry, "the server is shutting down")
+    if not registry.ready():
+        return _not_ready(registry)
+    if missing := request.app.state.readiness.missing():
+        return _not_ready(registry, missing)
+    return None
 
 
 @router.head("/livez", include_in_schema=False)
@@ -39,11 +48,9 @@ async def livez() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
 async def readyz(request: Request, registry: RegistryDep):
     """200 once every bundle is loaded and warmed up; 503 with the reason otherwise (also
-    while the server drains after SIGTERM)."""
-    if _draining(request):
-        return _not_ready(registry, "the server is shutting down")
-    if not registry.ready():
-        return _not_ready(registry)
+    while the server drains after SIGTERM, and while another worker is still loading)."""
+    if unready := _unready(request, registry):
+        return unready
     return Health(status="ready", models=registry.statuses())
 
 
@@ -58,10 +65,8 @@ async def oip_live() -> dict:
 @router.get("/v2/health/ready", responses={503: {"description": "not ready"}})
 async def oip_ready(request: Request, registry: RegistryDep):
     """Open Inference Protocol readiness."""
-    if _draining(request):
-        return _not_ready(registry, "the server is shutting down")
-    if not registry.ready():
-        return _not_ready(registry)
+    if unready := _unready(request, registry):
+        return unready
     return {"ready": True}
 
 
