@@ -116,7 +116,9 @@ class TrainSurrogateConfig:
     probe_noise_dtype: str = "float32"
     # where the head's training features run the K probe passes: "torch" (the base network) or
     # "onnxruntime" (its exported graph, parity-checked against it: about 4x the rate on a CPU;
-    # the features agree to float rounding, so the head is not bit-for-bit torch's)
+    # the features agree to float rounding, so the head is not bit-for-bit torch's), or "int8"
+    # (the surrogate graph up to the head, quantized as export.int8_surrogate, which it needs,
+    # quantizes the served one: the heads learn the votes and logits the int8 graph serves)
     probe_runtime: str = "torch"
     # the served probabilities mix in this share of the probes' vote shares (0 = the head's
     # alone); set after training, it rebuilds the graph without training the head again

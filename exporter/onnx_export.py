@@ -92,6 +92,14 @@ def network(checkpoint: Path, kind: str) -> torch.nn.Module:
 
 
 def _to_onnx(net: torch.nn.Module, kind: str, out: Path, cfg: ExportConfig, shape) -> None:
+    _trace(net, OUTPUT_NAMES[kind], out, cfg, shape)
+    if isinstance(net, probes.ProbeSurrogate) and net.noise.dtype == torch.float16:
+        model = probes.store_noise_half(onnx.load(out), net.noise.float().numpy())
+        onnx.save(model, out)
+
+
+def _trace(net: torch.nn.Module, output: str, out: Path, cfg: ExportConfig, shape) -> None:
+    """`net` as an ONNX graph at `out`: input INPUT_NAME [batch, *shape] -> `output`."""
     example = torch.zeros(1, *shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,14 +108,27 @@ def _to_onnx(net: torch.nn.Module, kind: str, out: Path, cfg: ExportConfig, shap
             (example,),
             str(out),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAMES[kind]],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[kind]: {0: "batch"}},
+            output_names=[output],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output: {0: "batch"}},
             opset_version=cfg.opset,
             dynamo=False,
         )
-    if isinstance(net, probes.ProbeSurrogate) and net.noise.dtype == torch.float16:
-        model = probes.store_noise_half(onnx.load(out), net.noise.float().numpy())
-        onnx.save(model, out)
+
+
+def int8_features_graph(
+    net: probes.ProbeFeatures, out: Path, cfg: ExportConfig, train_images: np.ndarray
+) -> Path:
+    """`net` (a probe surrogate up to its head) at `out`, its convolutions quantized by
+    `quantize` from the same training images as the int8 surrogate graph: the same
+    convolutions on the same inputs, so the same ranges and the same int8 arithmetic, and
+    therefore the features that graph's heads will read once served."""
+    tmp = out.with_suffix(".float.tmp.onnx")
+    try:
+        _trace(net, "features", tmp, cfg, train_images.shape[1:])
+        quantize(tmp, out, cfg, train_images)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def parity(

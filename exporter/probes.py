@@ -104,6 +104,26 @@ def probe_logits(base: nn.Module, x: torch.Tensor, noise: torch.Tensor) -> torch
     return base(noisy).reshape(x.shape[0], noise.shape[0], -1)
 
 
+def features_of(surrogate: nn.Module, base: nn.Module, noise: torch.Tensor, x: torch.Tensor):
+    """`features` of images x [B,C,H,W] under the surrogate network h and the base f on the
+    probes `noise` [K,C,H,W] (any float dtype): the input of the head."""
+    return features(surrogate(x).softmax(1), probe_logits(base, x, noise.float()))
+
+
+class ProbeFeatures(nn.Module):
+    """images [B,C,H,W] -> `features` [B, 5C]: a probe surrogate's computation up to its head.
+    Exported and quantized as the int8 surrogate graph is, it gives the features that graph's
+    heads read (`exporter.onnx_export.int8_features_graph`, `graph_features`)."""
+
+    def __init__(self, surrogate: nn.Module, base: nn.Module, noise: np.ndarray):
+        super().__init__()
+        self.surrogate, self.base = surrogate, base
+        self.register_buffer("noise", torch.as_tensor(noise))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return features_of(self.surrogate, self.base, self.noise, x)
+
+
 class ProbeHead(nn.Module):
     """logits = log h(x) + MLP(features); the input is `features(...)` [B, 5C]."""
 
@@ -175,8 +195,7 @@ class ProbeSurrogate(nn.Module):
         self.register_buffer(VOTE_WEIGHT, torch.tensor(float(vote_weight)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = self.surrogate(x).softmax(1)
-        feats = features(probs, probe_logits(self.base, x, self.noise.float()))
+        feats = features_of(self.surrogate, self.base, self.noise, x)
         return served(self.head, feats, getattr(self, VOTE_WEIGHT))
 
 
@@ -209,6 +228,19 @@ def probe_features(
     for i in tqdm(starts, desc="probe features", mininterval=10, leave=False):
         x = torch.as_tensor(images_uint8[i : i + FEATURE_BATCH]).to(on).float() / 255.0
         out.append(features(surrogate(x).softmax(1).cpu(), probe_logits(f, x, delta).cpu()))
+    return torch.cat(out)
+
+
+def graph_features(graph: Path, images_uint8: np.ndarray, probes: int) -> torch.Tensor:
+    """`features` of every image (uint8 [N,C,H,W]) as the features graph `graph` (a
+    `ProbeFeatures` exported, in int8 as served) computes them in onnxruntime, [N, 5C]; about
+    GRAPH_BATCH network passes per call."""
+    predict = OnnxPredictor(make_session(graph))
+    step = max(1, GRAPH_BATCH // (probes + 1))
+    out = []
+    for i in tqdm(range(0, len(images_uint8), step), desc="probe features", mininterval=10):
+        x = images_uint8[i : i + step].astype(np.float32) / np.float32(255.0)
+        out.append(torch.as_tensor(predict(x)))
     return torch.cat(out)
 
 

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from accsmooth.bundle import sha256_of
@@ -42,6 +43,7 @@ from exporter.training import (
 log = logging.getLogger(__name__)
 CHECKPOINT = "surrogate.pt"
 PROBE_FEATURES = "probe_features.pt"  # the probe head's training features, cached
+PROBE_RUNTIMES = ("torch", "onnxruntime", "int8")  # train_surrogate.probe_runtime's values
 ONLINE_BATCH = 32_768  # noisy images per forward pass of the base when labelling online
 
 
@@ -133,6 +135,8 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
         settings["noise_dtype"] = c.probe_noise_dtype
     if c.head_count != 1:  # likewise
         settings["heads"] = c.head_count
+    if _check_probe_runtime(cfg) == "int8":  # likewise; the float runtimes agree to rounding
+        settings["runtime"] = "int8"
     if not 0.0 <= c.vote_weight <= 1.0:
         raise ValueError(f"train_surrogate.vote_weight must be in [0, 1], not {c.vote_weight}")
     stored = state.get("probe_head", {})
@@ -151,7 +155,8 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     shape = tuple(int(v) for v in images.shape[1:])
     noise_args = {"k": c.probes, "shape": shape, "sigma": cfg.bundle.sigma, "seed": c.probe_seed}
     noise_args |= {"dtype": c.probe_noise_dtype}
-    feats = _head_features(work, network, base, noise_args, images, _probe_graph(c, work))
+    int8 = ds.train.images if c.probe_runtime == "int8" else None
+    feats = _head_features(cfg, work, (network, base), noise_args, images, int8)
     _, fit_to = fit_to_targets(targets.load(work), "ce_probit_censored")
     head = probes.fit_heads(
         feats,
@@ -172,17 +177,24 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
     return ckpt
 
 
-def _head_features(work: Path, network, base, noise_args: dict, images, graph: Path | None):
-    """The head's training features (`probes.probe_features`), kept in <work>/probe_features.pt
-    under a key of everything they depend on (both networks' weights, the probes, the images),
-    so a head trained again with other settings does not run the K probe passes again (26 min
-    for 49,500 images at K = 512 on the 2-core VM)."""
+def _head_features(cfg: Config, work: Path, networks, noise_args: dict, images, int8_images):
+    """The head's training features, kept in <work>/probe_features.pt under a key of everything
+    they depend on (both networks' weights, the probes, the images, the precision), so a head
+    trained again with other settings does not run the K probe passes again (26 min for 49,500
+    images at K = 512 on the 2-core VM). In float32 (`probes.probe_features`); or, with
+    `int8_images` (the training images the int8 graph's ranges come from; probe_runtime
+    "int8"), as the int8 graph computes them (`onnx_export.int8_features_graph`), so that its
+    heads learn the votes and logits that graph serves, not the float32 ones it moves."""
+    network, base = networks
     key = {
         "network": _weights_digest(network),
         "base": _weights_digest(base),
         "noise": noise_args,
         "images": images_digest(images),
     }
+    if int8_images is not None:  # float32 features keep the key they had before int8 ones
+        used = int8_images[: cfg.export.int8_images]
+        key["int8"] = {"images": images_digest(used), "onnxruntime": ort.__version__}
     path = work / PROBE_FEATURES
     if path.exists():
         stored = torch.load(path, map_location="cpu", weights_only=False)
@@ -190,7 +202,17 @@ def _head_features(work: Path, network, base, noise_args: dict, images, graph: P
             log.info("train-surrogate: probe features read from %s", path.name)
             return stored["features"]
     noise = probes.probe_noise(**noise_args)
-    feats = probes.probe_features(network, base, noise, images, graph)
+    if int8_images is None:
+        graph = _probe_graph(cfg.train_surrogate, work)
+        feats = probes.probe_features(network, base, noise, images, graph)
+    else:
+        graph = work / "probe_features.int8.onnx"
+        net = probes.ProbeFeatures(network, base, noise).eval()
+        onnx_export.int8_features_graph(net, graph, cfg.export, int8_images)
+        try:
+            feats = probes.graph_features(graph, images, noise_args["k"])
+        finally:
+            graph.unlink(missing_ok=True)
     _save({"key": key, "features": feats}, path)
     return feats
 
@@ -209,15 +231,27 @@ def _save(state: dict, ckpt: Path) -> None:
     tmp.replace(ckpt)
 
 
+def _check_probe_runtime(cfg: Config) -> str:
+    """`train_surrogate.probe_runtime`, once known to be one of PROBE_RUNTIMES and, if "int8",
+    to go with an int8 surrogate graph; else ValueError."""
+    runtime = cfg.train_surrogate.probe_runtime
+    if runtime not in PROBE_RUNTIMES:
+        raise ValueError(
+            f"train_surrogate.probe_runtime must be one of {PROBE_RUNTIMES}, not {runtime!r}"
+        )
+    if runtime == "int8" and not cfg.export.int8_surrogate:
+        raise ValueError(
+            'train_surrogate.probe_runtime = "int8" trains the heads on the int8 graph\'s'
+            " features: it needs export.int8_surrogate = true, or they would be served"
+            " float32 ones"
+        )
+    return runtime
+
+
 def _probe_graph(c, work: Path) -> Path | None:
-    """The base graph the probe passes run on (`train_surrogate.probe_runtime`), or None: torch."""
-    if c.probe_runtime == "torch":
-        return None
-    if c.probe_runtime == "onnxruntime":
-        return onnx_export.graph(work, "base")
-    raise ValueError(
-        f"train_surrogate.probe_runtime must be 'torch' or 'onnxruntime', not {c.probe_runtime!r}"
-    )
+    """The base graph float32 probe passes run on (`train_surrogate.probe_runtime`), or None:
+    torch."""
+    return onnx_export.graph(work, "base") if c.probe_runtime == "onnxruntime" else None
 
 
 def run(cfg: Config, work: Path) -> Path:

@@ -113,8 +113,10 @@ def test_the_probe_passes_may_run_on_the_base_graph_and_give_the_same_features(t
     assert on_graph.shape == in_torch.shape == (len(images), 50)
     np.testing.assert_allclose(on_graph, in_torch, atol=1e-4)
     assert train_surrogate._probe_graph(cfg.train_surrogate, work) is None  # torch by default
-    with pytest.raises(ValueError, match="probe_runtime"):
-        train_surrogate._probe_graph(cfg.train_surrogate.__class__(probe_runtime="tf"), work)
+    with pytest.raises(ValueError, match="probe_runtime must be one of"):
+        train_surrogate._check_probe_runtime(
+            load_config(SMOKE, ["train_surrogate.probe_runtime=tf"])
+        )
 
 
 def test_the_censored_loss_lets_all_votes_targets_go_higher_but_not_lower():
@@ -364,3 +366,41 @@ def test_float16_noise_is_what_the_head_trains_on_and_what_the_graph_stores(tiny
     model = probes.ProbeSurrogate(network.surrogate, network.base, full, network.head).eval()
     with pytest.raises(ValueError, match="float16"):
         probes.store_noise_half(onnx.load(path), model.noise.numpy())
+
+
+def test_int8_heads_learn_the_features_the_served_int8_graph_computes(tiny, tmp_path):
+    cfg, shared = tiny
+    work = tmp_path / "work"
+    shutil.copytree(shared, work)
+    for name in (train_surrogate.CHECKPOINT, train_surrogate.PROBE_FEATURES):
+        (work / name).unlink(missing_ok=True)
+    source = tmp_path / "surrogate-graph.onnx"
+    onnx_export.export(
+        work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
+    )
+    settings = PROBES + [f"train_surrogate.from_onnx={source}", "train_surrogate.vote_weight=0.5"]
+    settings += ["train_surrogate.probe_runtime=int8", "train_surrogate.probe_noise_dtype=float16"]
+    with pytest.raises(ValueError, match="needs export.int8_surrogate = true"):
+        train_surrogate.run(load_config(SMOKE, TINY_DATA + settings), work)
+    # int8 moves the one-epoch base's all but flat votes wholesale (see the float16 test)
+    settings += ["export.int8_surrogate=true", "export.int8_max_disagreement=1.0"]
+    cfg8 = load_config(SMOKE, TINY_DATA + settings)
+    ckpt = train_surrogate.run(cfg8, work)
+    kept = torch.load(work / train_surrogate.PROBE_FEATURES, weights_only=False)
+    assert kept["key"]["int8"]["images"]
+    stored = torch.load(ckpt, weights_only=False)["probe_head"]
+    assert stored["settings"]["runtime"] == "int8"
+    assert not list(work.glob("*.int8.onnx"))  # the features graph is not left behind
+    # the served int8 graph computes, on the training images, the head over exactly the kept
+    # features, and not over the float32 ones
+    images = targets.labelled_images(work, data.load(work).train.images)[:16]
+    served = OnnxPredictor(make_session(onnx_export.run(cfg8, work, "surrogate")))
+    got = served(data.to_float(images))
+    network = onnx_export.network(ckpt, "surrogate")
+    with torch.no_grad():
+        expected = probes.served(network.head, kept["features"][:16], 0.5).numpy()
+        noise = network.noise.float().numpy()
+        float32 = probes.probe_features(network.surrogate, network.base, noise, images)
+        moved = probes.served(network.head, float32, 0.5).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got - moved).max() > 1e-3
