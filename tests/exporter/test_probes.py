@@ -213,9 +213,9 @@ def test_the_stage_imports_a_surrogate_graph_trains_the_head_and_exports_it(tiny
         train_surrogate.add_probe_head(bad, work, ckpt)
 
 
-def test_the_heads_features_are_kept_and_reused_only_for_the_same_networks_and_probes(
-    tiny, tmp_path
-):
+def _work_without_a_surrogate(tiny, tmp_path):
+    """(a copy of the tiny work folder with no surrogate or features, a surrogate graph to
+    import into it)."""
     cfg, shared = tiny
     work = tmp_path / "work"
     shutil.copytree(shared, work)
@@ -225,6 +225,13 @@ def test_the_heads_features_are_kept_and_reused_only_for_the_same_networks_and_p
     onnx_export.export(
         work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
     )
+    return work, source
+
+
+def test_the_heads_features_are_kept_and_reused_only_for_the_same_networks_and_probes(
+    tiny, tmp_path
+):
+    work, source = _work_without_a_surrogate(tiny, tmp_path)
     imported = PROBES + [f"train_surrogate.from_onnx={source}"]
     ckpt = train_surrogate.run(load_config(SMOKE, TINY_DATA + imported), work)
     cache = work / train_surrogate.PROBE_FEATURES
@@ -369,15 +376,7 @@ def test_float16_noise_is_what_the_head_trains_on_and_what_the_graph_stores(tiny
 
 
 def test_int8_heads_learn_the_features_the_served_int8_graph_computes(tiny, tmp_path):
-    cfg, shared = tiny
-    work = tmp_path / "work"
-    shutil.copytree(shared, work)
-    for name in (train_surrogate.CHECKPOINT, train_surrogate.PROBE_FEATURES):
-        (work / name).unlink(missing_ok=True)
-    source = tmp_path / "surrogate-graph.onnx"
-    onnx_export.export(
-        work / "base.pt", "surrogate", source, cfg.export, data.load(work).calib.images
-    )
+    work, source = _work_without_a_surrogate(tiny, tmp_path)
     settings = PROBES + [f"train_surrogate.from_onnx={source}", "train_surrogate.vote_weight=0.5"]
     settings += ["train_surrogate.probe_runtime=int8", "train_surrogate.probe_noise_dtype=float16"]
     with pytest.raises(ValueError, match="needs export.int8_surrogate = true"):
