@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from accsmooth.runtime import OnnxPredictor, make_session
 from exporter import models
+from exporter.data import to_float
 from exporter.losses import censored_probit_cross_entropy
 
 log = logging.getLogger(__name__)
@@ -239,8 +240,7 @@ def graph_features(graph: Path, images_uint8: np.ndarray, probes: int) -> torch.
     step = max(1, GRAPH_BATCH // (probes + 1))
     out = []
     for i in tqdm(range(0, len(images_uint8), step), desc="probe features", mininterval=10):
-        x = images_uint8[i : i + step].astype(np.float32) / np.float32(255.0)
-        out.append(torch.as_tensor(predict(x)))
+        out.append(torch.as_tensor(predict(to_float(images_uint8[i : i + step]))))
     return torch.cat(out)
 
 

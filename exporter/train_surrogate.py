@@ -208,8 +208,8 @@ def _head_features(cfg: Config, work: Path, networks, noise_args: dict, images, 
     else:
         graph = work / "probe_features.int8.onnx"
         net = probes.ProbeFeatures(network, base, noise).eval()
-        onnx_export.int8_features_graph(net, graph, cfg.export, int8_images)
         try:
+            onnx_export.int8_features_graph(net, graph, cfg.export, int8_images)
             feats = probes.graph_features(graph, images, noise_args["k"])
         finally:
             graph.unlink(missing_ok=True)
