@@ -159,6 +159,12 @@ class ExportConfig:
     int8_surrogate: bool = False
     int8_images: int = 256
     int8_max_disagreement: float = 0.02
+    # keep the convolutions that read the image itself (3 input channels, one per network and
+    # per probe pass) in float32 in the int8 graph, their max-pooling moved before their ReLU
+    # (the same function): onnxruntime's int8 kernels run those thin convolutions at a tenth
+    # of their rate elsewhere, 0.97 -> 0.69 ms for a 16-probe graph (docs/results.md). Off for
+    # the bundles quantized before it existed, so their recorded configs rebuild them as they are
+    int8_float_image_convs: bool = False
 
 
 @dataclass(frozen=True)

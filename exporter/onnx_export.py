@@ -177,10 +177,65 @@ def export(checkpoint: Path, kind: str, out: Path, cfg: ExportConfig, images: np
     return diff
 
 
+def image_convolutions(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes whose weights read as many channels as the graph's input image
+    has (ungrouped): the first convolution of each network, on the image or its noisy copies."""
+    channels = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Conv"
+        and len(weights.get(node.input[1], ())) == 4
+        and weights[node.input[1]][1] == channels
+        and all(a.name != "group" or a.i == 1 for a in node.attribute)
+    ]
+
+
+def pool_before_relu(model: onnx.ModelProto, convolutions: list[str]) -> onnx.ModelProto:
+    """A copy of `model` where each named Conv followed by Relu and then MaxPool (and nothing
+    else reading either output) computes Conv -> MaxPool -> Relu instead: the same function, as
+    ReLU and max-pooling commute. A float convolution's pooling then reads the convolution's
+    float output, and onnxruntime keeps it in its blocked float layout; after a ReLU it moves
+    the next convolution's quantization above the pooling and pools uint8 in NCHW, several
+    times slower."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = list(out.graph.node)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    moved: set[str] = set()  # tensors that now hold another value (pooled, not rectified)
+    for conv in (n for n in nodes if n.name in convolutions):
+        after = readers.get(conv.output[0], [])
+        if len(after) != 1 or after[0].op_type != "Relu":
+            continue
+        relu = after[0]
+        pooled = readers.get(relu.output[0], [])
+        if len(pooled) != 1 or pooled[0].op_type != "MaxPool" or len(pooled[0].output) != 1:
+            continue
+        pool = pooled[0]
+        between, result = relu.output[0], pool.output[0]
+        pool.input[0], pool.output[0] = conv.output[0], between
+        relu.input[0], relu.output[0] = between, result
+        i, j = nodes.index(relu), nodes.index(pool)
+        nodes[i], nodes[j] = pool, relu  # the pooling now runs first
+        moved.add(between)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    kept = [v for v in out.graph.value_info if v.name not in moved]  # its shape changed
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(kept)
+    return out
+
+
 def quantize(graph: Path, out: Path, cfg: ExportConfig, train_images: np.ndarray) -> None:
     """`graph`'s int8 copy at `out`: convolutions quantized statically (QDQ, weights per channel
     in 7 bits, activations uint8 with MinMax ranges over the first `int8_images` training
-    images, one at a time as the server runs them). Deterministic for the same inputs."""
+    images, one at a time as the server runs them). Deterministic for the same inputs. With
+    `int8_float_image_convs`, the convolutions on the image stay float32 (`image_convolutions`,
+    their pooling moved before their ReLU by `pool_before_relu`)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -198,17 +253,28 @@ def quantize(graph: Path, out: Path, cfg: ExportConfig, train_images: np.ndarray
             i = next(self.rows, None)
             return None if i is None else {INPUT_NAME: x[i : i + 1]}
 
-    quantize_static(
-        str(graph),
-        str(out),
-        Images(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv"],
-        per_channel=True,
-        reduce_range=True,  # 7-bit weights: no int16 saturation on CPUs without VNNI
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
+    source, kept_float = graph, []
+    if cfg.int8_float_image_convs:
+        model = onnx.load(str(graph))
+        kept_float = image_convolutions(model)
+        source = out.with_suffix(".pooled.tmp.onnx")
+        onnx.save(pool_before_relu(model, kept_float), str(source))
+    try:
+        quantize_static(
+            str(source),
+            str(out),
+            Images(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=kept_float,
+            per_channel=True,
+            reduce_range=True,  # 7-bit weights: no int16 saturation on CPUs without VNNI
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        if source != graph:
+            source.unlink(missing_ok=True)
 
 
 def quantization_check(
@@ -289,6 +355,18 @@ def _stale(checkpoint: Path, path: Path, meta: dict | None) -> bool:
     return meta.get("checkpoint_sha256") != sha256_of(checkpoint)
 
 
+def _precision(meta: dict) -> tuple:
+    """How the graph a sidecar describes computes: ("float32",) or ("int8", image convolutions
+    kept float32); sidecars written before that setting existed kept none."""
+    if "int8" not in meta:
+        return ("float32",)
+    return ("int8", bool(meta["int8"].get("float_image_convs", False)))
+
+
+def _wanted_precision(cfg: Config, int8: bool) -> tuple:
+    return ("int8", cfg.export.int8_float_image_convs) if int8 else ("float32",)
+
+
 def run(cfg: Config, work: Path, kind: str) -> Path:
     """The export-base / export-surrogate stage: `<kind>.onnx` and its sidecar, current with the
     checkpoint (converting only what is missing or stale; see the module docstring)."""
@@ -298,7 +376,7 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
         raise FileNotFoundError(f"{checkpoint}: missing; run the {TRAINED_BY[kind]} stage first")
     int8 = kind == "surrogate" and cfg.export.int8_surrogate
     meta = _read_sidecar(sidecar)
-    same_precision = meta is not None and ("int8" in meta) == int8
+    same_precision = meta is not None and _precision(meta) == _wanted_precision(cfg, int8)
     if path.exists() and same_precision and _not_current(checkpoint, path, sidecar, kind) is None:
         log.info("%s: %s is current with %s, nothing to convert", stage, path.name, checkpoint.name)
         return path
@@ -361,8 +439,8 @@ def run(cfg: Config, work: Path, kind: str) -> Path:
     }
     if origin == "imported":
         meta["imported_from"] = str(source)
-    if int8:
-        meta["int8"] = int8_check  # parity above is the float graph's, before quantization
+    if int8:  # parity above is the float graph's, before quantization
+        meta["int8"] = int8_check | {"float_image_convs": cfg.export.int8_float_image_convs}
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     log.info(
         "%s: %s %s from %s, parity max |diff| %.2e on %d real images",

@@ -137,6 +137,8 @@ def add_probe_head(cfg: Config, work: Path, ckpt: Path) -> Path:
         settings["heads"] = c.head_count
     if _check_probe_runtime(cfg) == "int8":  # likewise; the float runtimes agree to rounding
         settings["runtime"] = "int8"
+        if cfg.export.int8_float_image_convs:  # likewise: other int8 features
+            settings["int8_float_image_convs"] = True
     if not 0.0 <= c.vote_weight <= 1.0:
         raise ValueError(f"train_surrogate.vote_weight must be in [0, 1], not {c.vote_weight}")
     stored = state.get("probe_head", {})
@@ -195,6 +197,8 @@ def _head_features(cfg: Config, work: Path, networks, noise_args: dict, images, 
     if int8_images is not None:  # float32 features keep the key they had before int8 ones
         used = int8_images[: cfg.export.int8_images]
         key["int8"] = {"images": images_digest(used), "onnxruntime": ort.__version__}
+        if cfg.export.int8_float_image_convs:  # int8 features cached before it keep their key
+            key["int8"]["float_image_convs"] = True
     path = work / PROBE_FEATURES
     if path.exists():
         stored = torch.load(path, map_location="cpu", weights_only=False)

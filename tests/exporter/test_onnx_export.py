@@ -291,6 +291,14 @@ def test_an_int8_surrogate_is_quantized_checked_and_converted_again_on_a_precisi
     again = sha256_of(graph)
     onnx_export.run(int8, tmp_path, "surrogate")  # current: nothing to convert
     assert sha256_of(graph) == again
+    assert meta["int8"]["float_image_convs"] is False
+    float_convs = _with(int8, "export", int8_float_image_convs=True)
+    onnx_export.run(float_convs, tmp_path, "surrogate")  # another int8 graph: converted again
+    assert onnx_export.load_sidecar(tmp_path, "surrogate")["int8"]["float_image_convs"] is True
+    assert sha256_of(graph) != again
+    kept = sha256_of(graph)
+    onnx_export.run(float_convs, tmp_path, "surrogate")  # current now
+    assert sha256_of(graph) == kept
     onnx_export.run(cfg, tmp_path, "surrogate")  # the config asks for float again
     assert "int8" not in onnx_export.load_sidecar(tmp_path, "surrogate")
     assert sha256_of(graph) == sha256_of(work / "surrogate.onnx")
@@ -305,3 +313,51 @@ def test_an_int8_surrogate_that_names_other_classes_fails_and_leaves_no_graph(sm
     with pytest.raises(ParityError, match="int8 graph names another class"):
         onnx_export.run(strict, tmp_path, "surrogate")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "surrogate.pt"]
+
+
+def _weights_read_through_dequantize(model):
+    """{Conv name: True when its weight comes from a DequantizeLinear (int8), else False}."""
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name: n.input[1] in dequantized for n in model.graph.node if n.op_type == "Conv"}
+
+
+def test_pooling_before_the_relu_after_the_image_convolution_is_the_same_function(tiny, work):
+    import onnx
+
+    cfg, _ = tiny
+    graph = onnx_export.run(cfg, work, "base")
+    model = onnx.load(graph)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    first = onnx_export.image_convolutions(model)
+    assert first == [convs[0].name] and len(convs) > 1  # the one reading 3 channels
+    moved = onnx_export.pool_before_relu(model, first)
+    order = [n.op_type for n in moved.graph.node]
+    at = [n.name for n in moved.graph.node].index(first[0])
+    assert order[at : at + 3] == ["Conv", "MaxPool", "Relu"]
+    assert [n.op_type for n in model.graph.node][at : at + 3] == ["Conv", "Relu", "MaxPool"]
+    assert order.count("Relu") == [n.op_type for n in model.graph.node].count("Relu")
+    rewritten = work / "moved.onnx"
+    onnx.save(moved, rewritten)
+    x = data.to_float(data.load(work).eval.images[:20])
+    want = OnnxPredictor(make_session(graph))(x)
+    got = OnnxPredictor(make_session(rewritten))(x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("float_image_convs", [False, True])
+def test_int8_quantization_can_keep_the_image_convolutions_float(tiny, work, float_image_convs):
+    import onnx
+
+    cfg, _ = tiny
+    graph = onnx_export.run(cfg, work, "base")
+    first = onnx_export.image_convolutions(onnx.load(graph))
+    settings = _with(cfg, "export", int8_images=16, int8_float_image_convs=float_image_convs)
+    out = work / "base.int8.onnx"
+    onnx_export.quantize(graph, out, settings.export, data.load(work).train.images)
+    quantized = _weights_read_through_dequantize(onnx.load(out))
+    assert quantized == {name: not (float_image_convs and name in first) for name in quantized}
+    assert [p.name for p in work.iterdir() if "tmp" in p.name] == []
+    x = data.to_float(data.load(work).eval.images[:40])
+    want = OnnxPredictor(make_session(graph))(x)
+    got = OnnxPredictor(make_session(out))(x)
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9
